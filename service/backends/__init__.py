@@ -1,0 +1,1 @@
+"""Backends execute formed batches for one model version: embedded ONNX Runtime or remote Triton."""

@@ -1,0 +1,28 @@
+"""The contract between the batcher and whatever executes a batch."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Backend(ABC):
+    """Executes batches of one model version.
+
+    ``inputs`` hold the batch dimension first when the model batches (``max_batch_size > 0``).
+    Implementations must not block the event loop: CPU work goes to a thread pool, remote work
+    is awaited.
+    """
+
+    #: how many batches may run at once (instance_group count, or replicas for remote backends)
+    concurrency: int = 1
+
+    @abstractmethod
+    async def execute(
+        self, inputs: dict[str, np.ndarray], output_names: list[str]
+    ) -> dict[str, np.ndarray]:
+        """Run one batch and return the requested outputs by name."""
+
+    async def close(self) -> None:
+        """Release sessions, connections and threads."""

@@ -1,0 +1,57 @@
+"""Errors that the front ends turn into v2 ``{"error": ...}`` bodies or gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class InferenceError(Exception):
+    """A failure with a message meant for the client."""
+
+    http_status = 500
+    grpc_code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class BadRequest(InferenceError):
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(InferenceError):
+    http_status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class PayloadTooLarge(InferenceError):
+    http_status = 413
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(InferenceError):
+    """Model not ready or no healthy backend replica."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class Overloaded(InferenceError):
+    """Queue full: the client should back off and retry."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Timeout(InferenceError):
+    """The request's queue/compute timeout expired before it ran."""
+
+    http_status = 504
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Internal(InferenceError):
+    pass

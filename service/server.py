@@ -1,0 +1,86 @@
+"""The process: REST (uvicorn) and gRPC (grpc.aio) in one event loop over one data plane."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+
+import uvicorn
+
+from service.dataplane import DataPlane
+from service.rest import build_app
+from service.settings import Settings
+
+log = logging.getLogger("infergate")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(time.time(), 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_json:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+
+
+async def serve(settings: Settings) -> None:
+    """Start everything, serve until SIGINT/SIGTERM, then finish queued work and stop."""
+    dataplane = DataPlane(settings)
+    await dataplane.start()
+    grpc_server = None
+    if settings.grpc_port:
+        from service.grpc_server import start_grpc_server
+
+        grpc_server = await start_grpc_server(dataplane, settings)
+        log.info("gRPC listening on %s:%d", settings.host, settings.grpc_port)
+    config = uvicorn.Config(
+        build_app(dataplane),
+        host=settings.host,
+        port=settings.http_port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level=settings.log_level,
+        backlog=4096,
+        timeout_keep_alive=30,
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    log.info("HTTP listening on %s:%d (models from %s)", settings.host, settings.http_port, settings.model_repo)
+    try:
+        await server.serve()  # returns after a signal, once in-flight HTTP requests finished
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=5)
+        await dataplane.close()
+        log.info("stopped")
+
+
+def run(settings: Settings) -> None:
+    configure_logging(settings)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # uvloop is optional on platforms without it
+        pass
+    asyncio.run(serve(settings))

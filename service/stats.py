@@ -1,0 +1,123 @@
+"""Triton's statistics extension: per model version counters served at ``/v2/models/m/stats``.
+
+Every recording also feeds the Prometheus children, so the two views never disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from service.metrics import ModelMetrics
+
+
+class Duration:
+    __slots__ = ("count", "ns")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ns = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+    def to_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+class BatchStats:
+    __slots__ = ("compute_input", "compute_infer", "compute_output")
+
+    def __init__(self) -> None:
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+
+
+class ModelStats:
+    """Counters for one model version, updated only from the event loop (no locking needed)."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.model = model
+        self.version = version
+        self.metrics = ModelMetrics.bind(model, version)
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.batches: dict[int, BatchStats] = {}
+
+    def record_execution(self, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One model execution of ``rows`` rows (one call into the backend)."""
+        self.execution_count += 1
+        self.inference_count += rows
+        stats = self.batches.get(rows)
+        if stats is None:
+            stats = self.batches[rows] = BatchStats()
+        stats.compute_input.add(input_ns)
+        stats.compute_infer.add(infer_ns)
+        stats.compute_output.add(output_ns)
+        metrics = self.metrics
+        metrics.exec_count.inc()
+        metrics.inference_count.inc(rows)
+        metrics.batch_size.observe(rows)
+
+    def record_request(
+        self, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int, requests: int = 1
+    ) -> None:
+        """Per-request share of an execution: its queue wait and the batch's compute times."""
+        self.queue.add(queue_ns * requests, requests)
+        self.compute_input.add(input_ns * requests, requests)
+        self.compute_infer.add(infer_ns * requests, requests)
+        self.compute_output.add(output_ns * requests, requests)
+        self.metrics.queue_duration.inc(queue_ns * requests / 1000)
+        self.metrics.compute_duration.inc(infer_ns * requests / 1000)
+
+    def record_success(self, total_ns: int) -> None:
+        self.success.add(total_ns)
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        metrics = self.metrics
+        metrics.success.inc()
+        metrics.request_duration.inc(total_ns / 1000)
+        metrics.latency.observe(total_ns / 1e9)
+
+    def record_failure(self, total_ns: int, reason: str) -> None:
+        self.fail.add(total_ns)
+        self.metrics.failure(reason)
+
+    def to_dict(self, cache: dict[str, int] | None = None) -> dict[str, Any]:
+        """The JSON form of Triton's ``ModelStatistics`` (numbers, not strings)."""
+        cache = cache or {}
+        return {
+            "name": self.model,
+            "version": self.version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.to_dict(),
+                "fail": self.fail.to_dict(),
+                "queue": self.queue.to_dict(),
+                "compute_input": self.compute_input.to_dict(),
+                "compute_infer": self.compute_infer.to_dict(),
+                "compute_output": self.compute_output.to_dict(),
+                "cache_hit": {"count": cache.get("hit_count", 0), "ns": cache.get("hit_ns", 0)},
+                "cache_miss": {"count": cache.get("miss_count", 0), "ns": cache.get("miss_ns", 0)},
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": stats.compute_input.to_dict(),
+                    "compute_infer": stats.compute_infer.to_dict(),
+                    "compute_output": stats.compute_output.to_dict(),
+                }
+                for size, stats in sorted(self.batches.items())
+            ],
+            "memory_usage": [],
+        }

@@ -1,0 +1,33 @@
+"""Protocol-neutral request/response objects that both front ends hand to the data plane."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """One decoded inference request; tensors are numpy arrays (BYTES = object arrays of bytes)."""
+
+    model_name: str
+    model_version: str  # "" = the version the model's version policy makes default
+    inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str]  # v2 datatype the client declared for each input
+    outputs: list[str] | None = None  # requested output names; None = all
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0  # 0 = the model's default priority level
+    timeout_us: int = 0  # 0 = the model's / settings' default
+    use_cache: bool = True
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray]  # in the order the client asked for (or the model's order)
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
