@@ -45,10 +45,13 @@ class _QueuePolicy:
     allow_override: bool
 
     @classmethod
-    def from_config(cls, policy: model_config_pb2.ModelQueuePolicy, settings: Settings) -> _QueuePolicy:
+    def from_config(
+        cls, policy: model_config_pb2.ModelQueuePolicy, settings: Settings
+    ) -> _QueuePolicy:
         return cls(
             max_size=policy.max_queue_size or settings.max_queue_size,
-            timeout_us=policy.default_timeout_microseconds or int(settings.default_timeout_ms * 1000),
+            timeout_us=policy.default_timeout_microseconds
+            or int(settings.default_timeout_ms * 1000),
             allow_override=policy.allow_timeout_override or not policy.default_timeout_microseconds,
         )
 
@@ -79,11 +82,14 @@ class DynamicBatcher:
         self.queued = 0
         self.queued_rows = 0
         self.slots = max(model.backend.concurrency, 1)
-        self.in_flight = 0
+        self.in_flight = 0  # batches running
+        self.running_requests = 0
         self.closed = False
         self._wakeup = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{model.name}")
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"batcher-{model.name}"
+        )
 
     # -- called by the data plane ---------------------------------------------------------------
     def submit(
@@ -96,7 +102,9 @@ class DynamicBatcher:
     ) -> asyncio.Future[Outputs]:
         """Enqueue a validated request; the future resolves to its own rows of the outputs."""
         if self.closed:
-            raise Unavailable(f"model '{self.model.name}' version {self.model.version} is unloading")
+            raise Unavailable(
+                f"model '{self.model.name}' version {self.model.version} is unloading"
+            )
         level = priority or self.default_level
         if not 1 <= level <= len(self.queues):
             raise BadRequest(f"priority {priority} is outside 1..{len(self.queues)}")
@@ -111,13 +119,20 @@ class DynamicBatcher:
         timeout = timeout_us if (timeout_us and policy.allow_override) else policy.timeout_us
         now = time.perf_counter_ns()
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        queue.append(Pending(inputs, rows, signature, future, now, now + timeout * 1000 if timeout else 0))
+        queue.append(
+            Pending(inputs, rows, signature, future, now, now + timeout * 1000 if timeout else 0)
+        )
         self.queued += 1
         self.queued_rows += rows
         self.stats.metrics.queue_depth.set(self.queued)
         if not self._wakeup.is_set():
             self._wakeup.set()
         return future
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or running: Triton's nv_inference_pending_request_count."""
+        return self.queued + self.running_requests
 
     async def close(self) -> None:
         """Stop taking requests, finish the queued and running ones, then stop the loop."""
@@ -138,6 +153,7 @@ class DynamicBatcher:
             batch = self._take()
             if batch:
                 self.in_flight += 1
+                self.running_requests += len(batch)
                 task = asyncio.get_running_loop().create_task(self._execute(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -176,10 +192,7 @@ class DynamicBatcher:
                     continue
                 if signature is None:
                     signature = pending.signature
-                elif (
-                    pending.signature != signature
-                    or rows + pending.rows > self.max_rows
-                ):
+                elif pending.signature != signature or rows + pending.rows > self.max_rows:
                     skipped.append(pending)
                     if rows >= self.max_rows:
                         break
@@ -210,7 +223,11 @@ class DynamicBatcher:
             self._split(batch, outputs)
             finished = time.perf_counter_ns()
         except Exception as exc:
-            error = exc if isinstance(exc, InferenceError) else Internal(f"model execution failed: {exc}")
+            error = (
+                exc
+                if isinstance(exc, InferenceError)
+                else Internal(f"model execution failed: {exc}")
+            )
             if not isinstance(exc, InferenceError):
                 log.exception("model %s version %s failed", model.name, model.version)
             for pending in batch:
@@ -224,6 +241,7 @@ class DynamicBatcher:
             self.stats.record_request(queue_ns, input_ns, infer_ns, output_ns, len(batch))
         finally:
             self.in_flight -= 1
+            self.running_requests -= len(batch)
             self._wakeup.set()
 
     def _merge(self, batch: list[Pending]) -> dict[str, np.ndarray]:
@@ -252,7 +270,9 @@ class DynamicBatcher:
         for pending in batch:
             end = offset + pending.rows
             if not pending.future.done():
-                pending.future.set_result({name: array[offset:end] for name, array in outputs.items()})
+                pending.future.set_result(
+                    {name: array[offset:end] for name, array in outputs.items()}
+                )
             offset = end
 
 

@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2
 from service import __version__
 from service.batching import DynamicBatcher
 from service.errors import BadRequest, InferenceError
+from service.metrics import render as render_metrics
 from service.model import ModelVersion
 from service.repository import LocalOnnxSource, ModelRepository, ModelSource
 from service.settings import Settings
@@ -104,6 +105,20 @@ class DataPlane:
     def model_config(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
         return self.repository.get(name, version).config
 
+    def metrics(self) -> bytes:
+        """Prometheus exposition: Triton's per-model families plus the gateway's own."""
+        entries = []
+        for entry in self.repository.models.values():
+            for model in entry.versions.values():
+                stats = self._stats_dict(model)
+                stats["pending"] = model.scheduler.pending
+                entries.append(stats)
+        return render_metrics(entries)
+
+    def _stats_dict(self, model: ModelVersion) -> dict[str, Any]:
+        cache_stats = self.cache.stats(model.name, model.version) if self.cache else None
+        return model.stats.to_dict(cache_stats)
+
     def model_statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
         if name:
             models = (
@@ -112,12 +127,11 @@ class DataPlane:
                 else list(self.repository.models[self.repository.get(name).name].versions.values())
             )
         else:
-            models = [m for entry in self.repository.models.values() for m in entry.versions.values()]
-        stats = []
-        for model in sorted(models, key=lambda m: (m.name, int(m.version))):
-            cache_stats = self.cache.stats(model.name, model.version) if self.cache else None
-            stats.append(model.stats.to_dict(cache_stats))
-        return {"model_stats": stats}
+            models = [
+                m for entry in self.repository.models.values() for m in entry.versions.values()
+            ]
+        ordered = sorted(models, key=lambda m: (m.name, int(m.version)))
+        return {"model_stats": [self._stats_dict(model) for model in ordered]}
 
     # -- repository control ---------------------------------------------------------------------
     async def repository_index(self) -> list[dict[str, str]]:
@@ -148,8 +162,8 @@ class DataPlane:
                 )
             else:
                 outputs = await self._schedule(model, request, rows, signature)
-        except InferenceError as exc:
-            stats.record_failure(time.perf_counter_ns() - started, type(exc).__name__)
+        except InferenceError:
+            stats.record_failure(time.perf_counter_ns() - started)
             raise
         stats.record_success(time.perf_counter_ns() - started)
         return InferResponse(
@@ -166,7 +180,9 @@ class DataPlane:
             request.inputs, rows, signature, request.priority, request.timeout_us
         )
 
-    def validate(self, model: ModelVersion, request: InferRequest) -> tuple[int, tuple[object, ...]]:
+    def validate(
+        self, model: ModelVersion, request: InferRequest
+    ) -> tuple[int, tuple[object, ...]]:
         """Check names, datatypes, shapes and batch size; return (rows, batch signature)."""
         inputs = request.inputs
         specs = model.inputs
@@ -174,7 +190,9 @@ class DataPlane:
             unexpected = sorted(set(inputs) - set(specs))
             missing = sorted(set(specs) - set(inputs))
             detail = (
-                f"unexpected input '{unexpected[0]}'" if unexpected else f"missing input '{missing[0]}'"
+                f"unexpected input '{unexpected[0]}'"
+                if unexpected
+                else f"missing input '{missing[0]}'"
             )
             raise BadRequest(
                 f"{detail} for model '{model.name}' (expected inputs: {', '.join(specs)})"

@@ -1,37 +1,22 @@
-"""Prometheus metrics, named like Triton's where Triton has one, served at ``/metrics``."""
+"""Prometheus metrics at ``/metrics``.
+
+Triton's per-model families (``nv_inference_*``, ``nv_cache_*``) are rendered from the same
+counters that back ``/v2/models/m/stats``, with Triton's exact names and types, so dashboards
+written for Triton work unchanged and the two views never disagree. Gateway-only metrics
+(histograms, queue depth, rejections) live in prometheus-client's registry.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
-_LABELS = ("model", "version")
+if TYPE_CHECKING:
+    pass
 
-REQUEST_SUCCESS = Counter(
-    "nv_inference_request_success", "Number of successful inference requests", _LABELS
-)
-REQUEST_FAILURE = Counter(
-    "nv_inference_request_failure", "Number of failed inference requests", (*_LABELS, "reason")
-)
-INFERENCE_COUNT = Counter(
-    "nv_inference_count", "Number of inferences performed (batch rows)", _LABELS
-)
-EXEC_COUNT = Counter("nv_inference_exec_count", "Number of model executions", _LABELS)
-REQUEST_DURATION = Counter(
-    "nv_inference_request_duration_us", "Cumulative request duration in microseconds", _LABELS
-)
-QUEUE_DURATION = Counter(
-    "nv_inference_queue_duration_us", "Cumulative time requests spent queued, microseconds", _LABELS
-)
-COMPUTE_DURATION = Counter(
-    "nv_inference_compute_infer_duration_us",
-    "Cumulative model execution time attributed to requests, microseconds",
-    _LABELS,
-)
-PENDING = Gauge(
-    "nv_inference_pending_request_count", "Requests waiting in the queue or running", _LABELS
-)
 QUEUE_DEPTH = Gauge("infergate_queue_depth", "Requests waiting in the batch queue", ("model",))
 BATCH_SIZE = Histogram(
     "infergate_batch_size",
@@ -54,38 +39,121 @@ REJECTED = Counter(
 class ModelMetrics:
     """Label-bound children, resolved once per model version: ``labels()`` is too slow per request."""
 
-    success: Counter
-    inference_count: Counter
-    exec_count: Counter
-    request_duration: Counter
-    queue_duration: Counter
-    compute_duration: Counter
-    pending: Gauge
     queue_depth: Gauge
     batch_size: Histogram
     latency: Histogram
     model: str
-    version: str
 
     @classmethod
-    def bind(cls, model: str, version: str) -> ModelMetrics:
+    def bind(cls, model: str) -> ModelMetrics:
         return cls(
-            success=REQUEST_SUCCESS.labels(model, version),
-            inference_count=INFERENCE_COUNT.labels(model, version),
-            exec_count=EXEC_COUNT.labels(model, version),
-            request_duration=REQUEST_DURATION.labels(model, version),
-            queue_duration=QUEUE_DURATION.labels(model, version),
-            compute_duration=COMPUTE_DURATION.labels(model, version),
-            pending=PENDING.labels(model, version),
-            queue_depth=QUEUE_DEPTH.labels(model),
-            batch_size=BATCH_SIZE.labels(model),
-            latency=LATENCY.labels(model),
-            model=model,
-            version=version,
+            QUEUE_DEPTH.labels(model), BATCH_SIZE.labels(model), LATENCY.labels(model), model
         )
-
-    def failure(self, reason: str) -> None:
-        REQUEST_FAILURE.labels(self.model, self.version, reason).inc()
 
     def rejected(self, reason: str) -> None:
         REJECTED.labels(self.model, reason).inc()
+
+
+# (name, type, help, value from a stats dict) -- Triton 2.51's families, same names and units.
+_TRITON_FAMILIES = [
+    (
+        "nv_inference_request_success",
+        "counter",
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s["inference_stats"]["success"]["count"],
+    ),
+    (
+        "nv_inference_request_failure",
+        "counter",
+        "Number of failed inference requests, all batch sizes",
+        lambda s: s["inference_stats"]["fail"]["count"],
+    ),
+    (
+        "nv_inference_count",
+        "counter",
+        "Number of inferences performed (does not include cached requests)",
+        lambda s: s["inference_count"],
+    ),
+    (
+        "nv_inference_exec_count",
+        "counter",
+        "Number of model executions performed (does not include cached requests)",
+        lambda s: s["execution_count"],
+    ),
+    (
+        "nv_inference_request_duration_us",
+        "counter",
+        "Cumulative inference request duration in microseconds (includes cached requests)",
+        lambda s: (
+            (s["inference_stats"]["success"]["ns"] + s["inference_stats"]["fail"]["ns"]) // 1000
+        ),
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "counter",
+        "Cumulative inference queuing duration in microseconds",
+        lambda s: s["inference_stats"]["queue"]["ns"] // 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "counter",
+        "Cumulative compute input duration in microseconds",
+        lambda s: s["inference_stats"]["compute_input"]["ns"] // 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "counter",
+        "Cumulative compute inference duration in microseconds",
+        lambda s: s["inference_stats"]["compute_infer"]["ns"] // 1000,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "counter",
+        "Cumulative inference compute output duration in microseconds",
+        lambda s: s["inference_stats"]["compute_output"]["ns"] // 1000,
+    ),
+    (
+        "nv_inference_pending_request_count",
+        "gauge",
+        "Instantaneous number of pending requests awaiting execution per-model",
+        lambda s: s["pending"],
+    ),
+    (
+        "nv_cache_num_hits_per_model",
+        "counter",
+        "Number of cache hits per model",
+        lambda s: s["inference_stats"]["cache_hit"]["count"],
+    ),
+    (
+        "nv_cache_num_misses_per_model",
+        "counter",
+        "Number of cache misses per model",
+        lambda s: s["inference_stats"]["cache_miss"]["count"],
+    ),
+    (
+        "nv_cache_hit_duration_per_model",
+        "counter",
+        "Total cache hit duration per model, in microseconds",
+        lambda s: s["inference_stats"]["cache_hit"]["ns"] // 1000,
+    ),
+    (
+        "nv_cache_miss_duration_per_model",
+        "counter",
+        "Total cache miss (insertion) duration per model, in microseconds",
+        lambda s: s["inference_stats"]["cache_miss"]["ns"] // 1000,
+    ),
+]
+
+
+def render(model_stats: Iterable[dict]) -> bytes:
+    """Triton-named families from stats dicts, then everything in prometheus-client's registry."""
+    stats = list(model_stats)
+    lines: list[str] = []
+    for name, kind, help_text, value in _TRITON_FAMILIES:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for entry in stats:
+            lines.append(
+                f'{name}{{model="{entry["name"]}",version="{entry["version"]}"}} {value(entry)}'
+            )
+    return ("\n".join(lines) + "\n").encode() + generate_latest()

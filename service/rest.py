@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.dataplane import DataPlane
 from service.errors import BadRequest, InferenceError, PayloadTooLarge
@@ -61,7 +61,9 @@ class InferEndpoint:
                 return
         await self.fallback(scope, receive, send)
 
-    async def _infer(self, scope: dict[str, Any], receive: Any, send: Any, model: str, version: str) -> None:
+    async def _infer(
+        self, scope: dict[str, Any], receive: Any, send: Any, model: str, version: str
+    ) -> None:
         try:
             headers = dict(scope["headers"])
             body = await self._read_body(headers, receive)
@@ -79,7 +81,12 @@ class InferEndpoint:
             response = await self.dataplane.infer(request)
             payload, binary_header = encode_response(response, output_encoding)
         except InferenceError as error:
-            await _send(send, error.http_status, _error_headers(error), orjson.dumps({"error": error.message}))
+            await _send(
+                send,
+                error.http_status,
+                _error_headers(error),
+                orjson.dumps({"error": error.message}),
+            )
             return
         except Exception as exc:  # never leak a traceback as a bare 500 without a v2 body
             log.exception("unexpected error in infer")
@@ -119,7 +126,13 @@ class InferEndpoint:
 
 
 async def _send(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -198,7 +211,7 @@ def build_app(dataplane: DataPlane) -> InferEndpoint:
 
     @api.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(dataplane.metrics(), media_type=CONTENT_TYPE_LATEST)
 
     return InferEndpoint(dataplane, api)
 
@@ -248,6 +261,9 @@ async def _predict_v1(dataplane: DataPlane, name: str, body: dict[str, Any]) -> 
     names = list(response.outputs)
     predictions: list[Any] = []
     for row in range(len(instances) if model.batches else 1):
-        values = {n: (response.outputs[n][row] if model.batches else response.outputs[n]).tolist() for n in names}
+        values = {
+            n: (response.outputs[n][row] if model.batches else response.outputs[n]).tolist()
+            for n in names
+        }
         predictions.append(values[names[0]] if len(names) == 1 else values)
     return {"predictions": predictions}

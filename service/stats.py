@@ -41,7 +41,7 @@ class ModelStats:
     def __init__(self, model: str, version: str) -> None:
         self.model = model
         self.version = version
-        self.metrics = ModelMetrics.bind(model, version)
+        self.metrics = ModelMetrics.bind(model)
         self.success = Duration()
         self.fail = Duration()
         self.queue = Duration()
@@ -63,10 +63,7 @@ class ModelStats:
         stats.compute_input.add(input_ns)
         stats.compute_infer.add(infer_ns)
         stats.compute_output.add(output_ns)
-        metrics = self.metrics
-        metrics.exec_count.inc()
-        metrics.inference_count.inc(rows)
-        metrics.batch_size.observe(rows)
+        self.metrics.batch_size.observe(rows)
 
     def record_request(
         self, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int, requests: int = 1
@@ -76,20 +73,14 @@ class ModelStats:
         self.compute_input.add(input_ns * requests, requests)
         self.compute_infer.add(infer_ns * requests, requests)
         self.compute_output.add(output_ns * requests, requests)
-        self.metrics.queue_duration.inc(queue_ns * requests / 1000)
-        self.metrics.compute_duration.inc(infer_ns * requests / 1000)
 
     def record_success(self, total_ns: int) -> None:
         self.success.add(total_ns)
         self.last_inference_ms = time.time_ns() // 1_000_000
-        metrics = self.metrics
-        metrics.success.inc()
-        metrics.request_duration.inc(total_ns / 1000)
-        metrics.latency.observe(total_ns / 1e9)
+        self.metrics.latency.observe(total_ns / 1e9)
 
-    def record_failure(self, total_ns: int, reason: str) -> None:
+    def record_failure(self, total_ns: int) -> None:
         self.fail.add(total_ns)
-        self.metrics.failure(reason)
 
     def to_dict(self, cache: dict[str, int] | None = None) -> dict[str, Any]:
         """The JSON form of Triton's ``ModelStatistics`` (numbers, not strings)."""

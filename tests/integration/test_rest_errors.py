@@ -1,0 +1,290 @@
+"""Bad input gets a precise 4xx in the v2 error shape, and the gateway keeps serving everyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.helpers import start_gateway
+
+GOOD = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+
+
+def binary_body(header: dict, blob: bytes) -> tuple[bytes, dict[str, str]]:
+    encoded = json.dumps(header).encode()
+    return encoded + blob, {
+        "Inference-Header-Content-Length": str(len(encoded)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
+def binary_input(shape, datatype="FP32", size=None, name="input"):
+    return {
+        "name": name,
+        "shape": shape,
+        "datatype": datatype,
+        "parameters": {"binary_data_size": size},
+    }
+
+
+FLOATS_64 = np.zeros(64, dtype=np.float32).tobytes()
+
+CASES = {
+    "malformed json": (b'{"inputs": [', {}, 400, "malformed JSON"),
+    "not an object": (b"[1, 2]", {}, 400, "must be a JSON object"),
+    "no inputs": (b"{}", {}, 400, "non-empty 'inputs'"),
+    "wrong input name": (
+        json.dumps({"inputs": [{**GOOD["inputs"][0], "name": "pixels"}]}).encode(),
+        {},
+        400,
+        "unexpected input 'pixels' for model 'digits_mlp' (expected inputs: input)",
+    ),
+    "wrong shape": (
+        json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 63], "datatype": "FP32", "data": [0] * 63}]}
+        ).encode(),
+        {},
+        400,
+        "input 'input' expected shape [-1,64], got [1,63]",
+    ),
+    "wrong datatype": (
+        json.dumps(
+            {"inputs": [{**GOOD["inputs"][0], "datatype": "INT32", "data": [1] * 64}]}
+        ).encode(),
+        {},
+        400,
+        "input 'input' expected datatype FP32, got INT32",
+    ),
+    "unknown datatype": (
+        json.dumps({"inputs": [{**GOOD["inputs"][0], "datatype": "FP128"}]}).encode(),
+        {},
+        400,
+        "unknown datatype 'FP128'",
+    ),
+    "data count mismatch": (
+        json.dumps({"inputs": [{**GOOD["inputs"][0], "data": [0.5] * 10}]}).encode(),
+        {},
+        400,
+        "shape [1, 64] needs 64 elements, got 10",
+    ),
+    "string in float data": (
+        json.dumps({"inputs": [{**GOOD["inputs"][0], "data": ["x"] * 64}]}).encode(),
+        {},
+        400,
+        "does not fit datatype FP32",
+    ),
+    "absurd dimensions": (
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "input", "shape": [1 << 40, 1 << 40], "datatype": "FP32", "data": []}
+                ]
+            }
+        ).encode(),
+        {},
+        400,
+        "elements",
+    ),
+    "negative dimension": (
+        json.dumps({"inputs": [{**GOOD["inputs"][0], "shape": [-1, 64]}]}).encode(),
+        {},
+        400,
+        "non-negative integers",
+    ),
+    "batch over max_batch_size": (
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1000, 64],
+                        "datatype": "FP32",
+                        "data": [0.0] * 64000,
+                    }
+                ]
+            }
+        ).encode(),
+        {},
+        400,
+        "batch size 1000 is outside",
+    ),
+    "nan": (
+        json.dumps({"inputs": [{**GOOD["inputs"][0], "data": [0.5] * 63 + [float("nan")]}]})
+        .replace("NaN", "NaN")
+        .encode(),
+        {},
+        400,
+        "",
+    ),
+    "unknown output": (
+        json.dumps({**GOOD, "outputs": [{"name": "logits"}]}).encode(),
+        {},
+        400,
+        "unknown output 'logits' for model 'digits_mlp'",
+    ),
+    "bad priority": (
+        json.dumps({**GOOD, "parameters": {"priority": "high"}}).encode(),
+        {},
+        400,
+        "parameter 'priority' must be a non-negative integer",
+    ),
+    "truncated binary body": (
+        *binary_body({"inputs": [binary_input([1, 64], size=256)]}, FLOATS_64[:100]),
+        400,
+        "binary_data_size 256 runs past the end of the body",
+    ),
+    "binary size does not match shape": (
+        *binary_body({"inputs": [binary_input([1, 64], size=128)]}, FLOATS_64[:128]),
+        400,
+        "128 bytes of binary data do not match shape [1, 64] of FP32 (256 bytes)",
+    ),
+    "extra binary bytes": (
+        *binary_body({"inputs": [binary_input([1, 64], size=256)]}, FLOATS_64 + b"xx"),
+        400,
+        "2 bytes of binary data belong to no input",
+    ),
+    "bad gzip": (b"not gzip at all", {"Content-Encoding": "gzip"}, 400, "not valid gzip data"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_bad_input_gets_a_precise_4xx(gateway, case):
+    body, headers, status, message = CASES[case]
+    response = httpx.post(
+        f"{gateway.base_url}/v2/models/digits_mlp/infer", content=body, headers=headers
+    )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert message in error
+    healthy = httpx.post(f"{gateway.base_url}/v2/models/digits_mlp/infer", json=GOOD)
+    assert healthy.status_code == 200
+
+
+def test_nan_and_inf_in_binary_data_are_rejected(gateway):
+    values = np.zeros(64, dtype=np.float32)
+    values[3] = np.inf
+    body, headers = binary_body({"inputs": [binary_input([1, 64], size=256)]}, values.tobytes())
+    response = httpx.post(
+        f"{gateway.base_url}/v2/models/digits_mlp/infer", content=body, headers=headers
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "input 'input' contains NaN or Inf"
+
+
+def test_header_length_past_the_body(gateway):
+    response = httpx.post(
+        f"{gateway.base_url}/v2/models/digits_mlp/infer",
+        content=b'{"inputs": []}',
+        headers={"Inference-Header-Content-Length": "5000"},
+    )
+    assert response.status_code == 400
+    assert (
+        "Inference-Header-Content-Length 5000 is past the body (14 bytes)"
+        in response.json()["error"]
+    )
+
+
+def test_truncated_bytes_element(gateway):
+    blob = struct.pack("<I", 10) + b"abc"
+    header = {"inputs": [binary_input([1], "BYTES", len(blob), name="text")]}
+    body, headers = binary_body(header, blob)
+    response = httpx.post(
+        f"{gateway.base_url}/v2/models/digits_mlp/infer", content=body, headers=headers
+    )
+    assert response.status_code == 400
+    assert "input 'text': BYTES element 0 runs past the data" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "path, status, message",
+    [
+        ("/v2/models/nope/infer", 404, "unknown model 'nope'"),
+        ("/v2/models/digits_mlp/versions/77/infer", 404, "has no ready version '77'"),
+    ],
+)
+def test_unknown_model_or_version(gateway, path, status, message):
+    response = httpx.post(f"{gateway.base_url}{path}", json=GOOD)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    metadata = httpx.get(f"{gateway.base_url}{path.removesuffix('/infer')}")
+    assert metadata.status_code == 404 and "error" in metadata.json()
+
+
+def test_oversized_body_is_refused_before_reading_it(example_repo):
+    server = start_gateway(example_repo, env={"INFERGATE_MAX_REQUEST_BYTES": "4096"})
+    try:
+        big = {
+            "inputs": [
+                {"name": "input", "shape": [40, 64], "datatype": "FP32", "data": [0.25] * 2560}
+            ]
+        }
+        response = httpx.post(f"{server.base_url}/v2/models/digits_mlp/infer", json=big)
+        assert response.status_code == 413
+        assert "exceeds 4096" in response.json()["error"]
+        assert (
+            httpx.post(f"{server.base_url}/v2/models/digits_mlp/infer", json=GOOD).status_code
+            == 200
+        )
+    finally:
+        server.stop()
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_overload_gives_fast_503_bounded_memory_and_recovers(example_repo):
+    server = start_gateway(
+        example_repo, env={"INFERGATE_MAX_QUEUE_SIZE": "8", "INFERGATE_CACHE_ENABLED": "false"}
+    )
+    try:
+        rng = np.random.default_rng(0)
+        ids = rng.integers(1000, 5000, size=(1, 64)).tolist()
+        body = {
+            "inputs": [
+                {"name": "input_ids", "shape": [1, 64], "datatype": "INT64", "data": ids},
+                {
+                    "name": "attention_mask",
+                    "shape": [1, 64],
+                    "datatype": "INT64",
+                    "data": [[1] * 64],
+                },
+                {
+                    "name": "token_type_ids",
+                    "shape": [1, 64],
+                    "datatype": "INT64",
+                    "data": [[0] * 64],
+                },
+            ]
+        }
+        url = f"{server.base_url}/v2/models/minilm_embed/infer"
+        before = rss_kib(server.process.pid)
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            for _ in range(3):
+                responses = await asyncio.gather(*(client.post(url, json=body) for _ in range(150)))
+                statuses = [r.status_code for r in responses]
+                assert set(statuses) <= {200, 503}
+                rejected = [r for r in responses if r.status_code == 503]
+                assert rejected, "a queue of 8 cannot absorb 150 concurrent requests"
+                assert statuses.count(200) >= 8
+                assert all(r.headers.get("retry-after") == "1" for r in rejected)
+                assert all("queue is full" in r.json()["error"] for r in rejected)
+            grown_mib = (rss_kib(server.process.pid) - before) / 1024
+            assert grown_mib < 300, f"RSS grew {grown_mib:.0f} MiB under overload"
+            recovered = await client.post(url, json=body)
+            assert recovered.status_code == 200
+        metrics = httpx.get(f"{server.base_url}/metrics").text
+        assert (
+            'infergate_rejected_requests_total{model="minilm_embed",reason="queue_full"}' in metrics
+        )
+    finally:
+        server.stop()

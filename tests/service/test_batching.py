@@ -1,0 +1,229 @@
+"""The dynamic batcher on real ONNX Runtime sessions of the example models, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from service.dataplane import DataPlane
+from service.errors import BadRequest, Overloaded, Timeout
+from service.repository import parse_config
+from service.settings import Settings
+from service.types import InferRequest
+
+
+def copy_model(example_repo: Path, name: str, target: Path, edit=None) -> Path:
+    """Copy one example model into a private repository, optionally editing its config."""
+    shutil.copytree(example_repo / name, target / name)
+    if edit is not None:
+        config = parse_config(target / name / "config.pbtxt")
+        edit(config)
+        (target / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return target
+
+
+def latest_model_file(repo: Path, name: str) -> Path:
+    versions = sorted(int(p.name) for p in (repo / name).iterdir() if p.name.isdigit())
+    return repo / name / str(versions[-1]) / "model.onnx"
+
+
+async def started(repo: Path, **settings) -> DataPlane:
+    settings.setdefault("cache_enabled", False)  # these tests are about the batcher alone
+    dataplane = DataPlane(Settings(model_repo=repo, grpc_port=0, **settings))
+    await dataplane.start()
+    return dataplane
+
+
+def digits_request(rows: int, seed: int) -> InferRequest:
+    data = np.random.default_rng(seed).random((rows, 64), dtype=np.float32) * 16
+    return InferRequest("digits_mlp", "", {"input": data}, {"input": "FP32"})
+
+
+async def test_concurrent_requests_get_their_own_unbatched_answers(example_repo, tmp_path):
+    repo = copy_model(example_repo, "digits_mlp", tmp_path)
+    session = ort.InferenceSession(str(latest_model_file(repo, "digits_mlp")))
+    dataplane = await started(repo)
+    try:
+        requests = [digits_request(rows=1 + seed % 5, seed=seed) for seed in range(96)]
+        responses = await asyncio.gather(*(dataplane.infer(r) for r in requests))
+        for request, response in zip(requests, responses):
+            expected = session.run(None, {"input": request.inputs["input"]})[0]
+            got = response.outputs["probabilities"]
+            assert got.shape == expected.shape
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        stats = dataplane.model_statistics("digits_mlp")["model_stats"][0]
+        assert stats["inference_count"] == sum(r.inputs["input"].shape[0] for r in requests)
+        assert stats["inference_stats"]["success"]["count"] == len(requests)
+        assert stats["execution_count"] < len(requests)
+        assert max(b["batch_size"] for b in stats["batch_stats"]) > 1
+    finally:
+        await dataplane.close()
+
+
+async def test_no_batching_runs_every_request_alone(example_repo, tmp_path):
+    repo = copy_model(example_repo, "digits_mlp", tmp_path)
+    dataplane = await started(repo, batching=False)
+    try:
+        await asyncio.gather(*(dataplane.infer(digits_request(2, seed)) for seed in range(20)))
+        stats = dataplane.model_statistics("digits_mlp")["model_stats"][0]
+        assert stats["execution_count"] == 20
+        assert [b["batch_size"] for b in stats["batch_stats"]] == [2]
+    finally:
+        await dataplane.close()
+
+
+def tokens(length: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 5000, size=(1, length), dtype=np.int64)
+    ids[0, 0], ids[0, -1] = 101, 102
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones((1, length), dtype=np.int64),
+        "token_type_ids": np.zeros((1, length), dtype=np.int64),
+    }
+
+
+def embed_request(length: int, seed: int) -> InferRequest:
+    inputs = tokens(length, seed)
+    return InferRequest("minilm_embed", "1", inputs, {name: "INT64" for name in inputs})
+
+
+async def test_token_inputs_are_padded_and_answers_match_unpadded(example_repo, tmp_path):
+    repo = copy_model(example_repo, "minilm_embed", tmp_path)
+    session = ort.InferenceSession(str(repo / "minilm_embed" / "1" / "model.onnx"))
+    dataplane = await started(repo)
+    try:
+        requests = [
+            embed_request(length, seed) for seed, length in enumerate([5, 17, 9, 32, 12, 5])
+        ]
+        responses = await asyncio.gather(*(dataplane.infer(r) for r in requests))
+        for request, response in zip(requests, responses):
+            expected = session.run(["sentence_embedding"], request.inputs)[0]
+            np.testing.assert_allclose(response.outputs["sentence_embedding"], expected, atol=2e-5)
+        stats = dataplane.model_statistics("minilm_embed", "1")["model_stats"][0]
+        assert stats["execution_count"] < len(requests)
+    finally:
+        await dataplane.close()
+
+
+async def test_different_shapes_never_share_a_batch_without_padding(example_repo, tmp_path):
+    def no_padding(config: model_config_pb2.ModelConfig) -> None:
+        del config.parameters["infergate.pad_inputs"]
+
+    repo = copy_model(example_repo, "minilm_embed", tmp_path, no_padding)
+    dataplane = await started(repo)
+    try:
+        lengths = [6, 6, 6, 11, 11]
+        await asyncio.gather(*(dataplane.infer(embed_request(n, i)) for i, n in enumerate(lengths)))
+        stats = dataplane.model_statistics("minilm_embed", "1")["model_stats"][0]
+        # requests of length 6 and 11 can only meet in separate executions
+        assert stats["execution_count"] >= 2
+        assert all(b["batch_size"] <= 3 for b in stats["batch_stats"])
+    finally:
+        await dataplane.close()
+
+
+async def test_full_queue_answers_overloaded_and_keeps_serving(example_repo, tmp_path):
+    repo = copy_model(example_repo, "digits_mlp", tmp_path)
+    dataplane = await started(repo, max_queue_size=4)
+    try:
+        outcomes = await asyncio.gather(
+            *(dataplane.infer(digits_request(1, seed)) for seed in range(40)),
+            return_exceptions=True,
+        )
+        rejected = [o for o in outcomes if isinstance(o, Overloaded)]
+        served = [o for o in outcomes if not isinstance(o, Exception)]
+        assert rejected and served
+        assert all(o.retry_after_s and "queue is full" in o.message for o in rejected)
+        assert len(rejected) + len(served) == 40
+        after = await dataplane.infer(digits_request(1, 99))
+        assert after.outputs["probabilities"].shape == (1, 10)
+    finally:
+        await dataplane.close()
+
+
+async def test_queue_timeout_from_config_policy(example_repo, tmp_path):
+    def tight_policy(config: model_config_pb2.ModelConfig) -> None:
+        config.instance_group[0].count = 1
+        policy = config.dynamic_batching.default_queue_policy
+        policy.default_timeout_microseconds = 1
+        policy.allow_timeout_override = False
+
+    repo = copy_model(example_repo, "digits_mlp", tmp_path, tight_policy)
+    dataplane = await started(repo)
+    try:
+        outcomes = await asyncio.gather(
+            *(dataplane.infer(digits_request(1, seed)) for seed in range(30)),
+            return_exceptions=True,
+        )
+        assert any(isinstance(o, Timeout) for o in outcomes)
+        stats = dataplane.model_statistics("digits_mlp")["model_stats"][0]
+        assert stats["inference_stats"]["fail"]["count"] == sum(
+            isinstance(o, Exception) for o in outcomes
+        )
+    finally:
+        await dataplane.close()
+
+
+async def test_priority_levels_serve_the_higher_priority_first(example_repo, tmp_path):
+    def two_levels(config: model_config_pb2.ModelConfig) -> None:
+        config.instance_group[0].count = 1
+        config.max_batch_size = 1
+        config.dynamic_batching.priority_levels = 2
+        config.dynamic_batching.default_priority_level = 2
+
+    repo = copy_model(example_repo, "digits_mlp", tmp_path, two_levels)
+    dataplane = await started(repo)
+    try:
+        finished: list[str] = []
+
+        async def run(tag: str, priority: int, seed: int) -> None:
+            request = digits_request(1, seed)
+            request.priority = priority
+            await dataplane.infer(request)
+            finished.append(tag)
+
+        # all enqueued in one tick: the first runs at once, then level 1 goes before level 2
+        await asyncio.gather(
+            run("first", 2, 0), *(run(f"low{i}", 2, i) for i in range(5)), run("high", 1, 9)
+        )
+        assert finished.index("high") <= 1
+        with pytest.raises(BadRequest, match="priority 3 is outside 1..2"):
+            request = digits_request(1, 0)
+            request.priority = 3
+            await dataplane.infer(request)
+    finally:
+        await dataplane.close()
+
+
+async def test_cancelled_requests_are_dropped_from_the_queue(example_repo, tmp_path):
+    repo = copy_model(example_repo, "digits_mlp", tmp_path)
+    dataplane = await started(repo)
+    try:
+        tasks = [asyncio.create_task(dataplane.infer(digits_request(1, s))) for s in range(10)]
+        await asyncio.sleep(0)  # every request is enqueued
+        for task in tasks[5:]:
+            task.cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(d, asyncio.CancelledError) for d in done[5:])
+        stats = dataplane.model_statistics("digits_mlp")["model_stats"][0]
+        assert stats["inference_count"] == 5
+    finally:
+        await dataplane.close()
+
+
+async def test_close_finishes_queued_requests(example_repo, tmp_path):
+    repo = copy_model(example_repo, "digits_mlp", tmp_path)
+    dataplane = await started(repo)
+    tasks = [asyncio.create_task(dataplane.infer(digits_request(1, s))) for s in range(30)]
+    await asyncio.sleep(0)
+    await dataplane.close()
+    results = await asyncio.gather(*tasks)
+    assert len(results) == 30
