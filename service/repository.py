@@ -92,7 +92,9 @@ class LocalOnnxSource(ModelSource):
                 "ONNX Runtime backend (use --backend triton)"
             )
         filename = base.default_model_filename or "model.onnx"
-        present = [int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / filename).is_file()]
+        present = [
+            int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / filename).is_file()
+        ]
         versions = select_versions(base.version_policy, present)
         if not versions:
             raise ValueError(f"no version folder with {filename} matches the version policy")
@@ -141,7 +143,9 @@ class ModelRepository:
         for name in await self.source.model_names():
             await self.load(name)
         if self.settings.model_control_mode == "poll":
-            self._poll_task = asyncio.create_task(self._poll())
+            root = getattr(self.source, "root", None)
+            seen = {name: _tree_state(root / name) if root else 0 for name in self.models}
+            self._poll_task = asyncio.create_task(self._poll(seen))
 
     async def close(self) -> None:
         if self._poll_task:
@@ -222,17 +226,16 @@ class ModelRepository:
         for old in previous.values():
             await self._detach(old)
 
-    async def _poll(self) -> None:
+    async def _poll(self, seen: dict[str, int]) -> None:
         """Rescan like Triton's --model-control-mode=poll: new and changed models are (re)loaded."""
-        seen: dict[str, float] = {}
         root = getattr(self.source, "root", None)
         while True:
             await asyncio.sleep(self.settings.repository_poll_s)
             try:
                 names = await self.source.model_names()
                 for name in names:
-                    stamp = _tree_mtime(root / name) if root else 0.0
-                    if name not in self.models or seen.get(name, stamp) != stamp:
+                    stamp = _tree_state(root / name) if root else 0
+                    if name not in self.models or seen.get(name) != stamp:
                         await self.load(name)
                     seen[name] = stamp
                 for name in set(self.models) - set(names):
@@ -242,5 +245,10 @@ class ModelRepository:
                 log.exception("repository poll failed")
 
 
-def _tree_mtime(folder: Path) -> float:
-    return max((p.stat().st_mtime for p in folder.rglob("*")), default=0.0)
+def _tree_state(folder: Path) -> int:
+    """Changes when any file under ``folder`` is added, removed, resized or touched."""
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        stat = path.stat()
+        entries.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return hash(tuple(entries))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import signal
 import sys
 import time
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -41,6 +44,22 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its own shutdown, which would kill the process before the
+    gRPC server and the batchers finish; here a signal only asks every part to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
 async def serve(settings: Settings) -> None:
     """Start everything, serve until SIGINT/SIGTERM, then finish queued work and stop."""
     dataplane = DataPlane(settings)
@@ -64,8 +83,13 @@ async def serve(settings: Settings) -> None:
         timeout_keep_alive=30,
         log_config=None,
     )
-    server = uvicorn.Server(config)
-    log.info("HTTP listening on %s:%d (models from %s)", settings.host, settings.http_port, settings.model_repo)
+    server = _Server(config)
+    log.info(
+        "HTTP listening on %s:%d (models from %s)",
+        settings.host,
+        settings.http_port,
+        settings.model_repo,
+    )
     try:
         await server.serve()  # returns after a signal, once in-flight HTTP requests finished
     finally:
