@@ -1,9 +1,13 @@
-"""``infergate`` command line: serve, convert, loadtest."""
+"""``infergate`` command line: serve, convert, loadtest.
+
+Flags left out fall back to ``INFERGATE_*`` variables and then to the defaults in ``Settings``:
+pydantic-settings reads the environment, so the CLI only passes what was given on it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,24 +21,39 @@ app.add_typer(loadtest_app, name="loadtest", help="Locust capacity tests against
 
 @app.command()
 def serve(
-    model_repo: Annotated[Optional[Path], typer.Option(envvar="INFERGATE_MODEL_REPO")] = None,
-    host: Annotated[Optional[str], typer.Option(envvar="INFERGATE_HOST")] = None,
-    http_port: Annotated[Optional[int], typer.Option(envvar="INFERGATE_HTTP_PORT")] = None,
-    grpc_port: Annotated[Optional[int], typer.Option(envvar="INFERGATE_GRPC_PORT")] = None,
-    redis_url: Annotated[Optional[str], typer.Option(envvar="INFERGATE_REDIS_URL")] = None,
-    backend: Annotated[Optional[str], typer.Option(envvar="INFERGATE_BACKEND")] = None,
-    triton_url: Annotated[
-        Optional[list[str]], typer.Option(help="HOST:PORT of a Triton replica; repeatable")
+    model_repo: Annotated[
+        Path | None, typer.Option(help="Triton model repository [INFERGATE_MODEL_REPO]")
     ] = None,
-    no_batching: Annotated[bool, typer.Option("--no-batching", help="Run each request alone")] = False,
-    model_control_mode: Annotated[Optional[str], typer.Option()] = None,
-    log_level: Annotated[Optional[str], typer.Option()] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address [INFERGATE_HOST]")] = None,
+    http_port: Annotated[int | None, typer.Option(help="REST port [INFERGATE_HTTP_PORT]")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port, 0 = off [INFERGATE_GRPC_PORT]")
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Shared result cache [INFERGATE_REDIS_URL]")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="onnxruntime | triton [INFERGATE_BACKEND]")
+    ] = None,
+    triton_url: Annotated[
+        list[str] | None,
+        typer.Option(help="HOST:PORT of a Triton replica, repeatable [INFERGATE_TRITON_URL]"),
+    ] = None,
+    no_batching: Annotated[
+        bool, typer.Option("--no-batching", help="Run every request alone [INFERGATE_BATCHING]")
+    ] = False,
+    model_control_mode: Annotated[
+        str | None, typer.Option(help="none | poll | explicit [INFERGATE_MODEL_CONTROL_MODE]")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="[INFERGATE_LOG_LEVEL]")] = None,
 ) -> None:
     """Serve the model repository over KServe v2 REST and gRPC."""
+    from pydantic import ValidationError
+
     from service.server import run
     from service.settings import Settings
 
-    overrides = {
+    given = {
         "model_repo": model_repo,
         "host": host,
         "http_port": http_port,
@@ -44,10 +63,12 @@ def serve(
         "triton_url": triton_url or None,
         "model_control_mode": model_control_mode,
         "log_level": log_level,
+        "batching": False if no_batching else None,
     }
-    if no_batching:
-        overrides["batching"] = False
-    settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    try:
+        settings = Settings(**{key: value for key, value in given.items() if value is not None})
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     run(settings)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -84,6 +85,11 @@ async def serve(settings: Settings) -> None:
         log_config=None,
     )
     server = _Server(config)
+    # Long-lived objects (sessions, configs, modules) need no scanning, and a request allocates
+    # many short-lived ones: fewer, cheaper collections keep p99 flat under load.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     log.info(
         "HTTP listening on %s:%d (models from %s)",
         settings.host,

@@ -1,0 +1,26 @@
+"""Container health probe: exit 0 only when the gateway answers ``/v2/health/ready`` with 200.
+
+Stdlib only (the slim image has no curl); the port follows ``INFERGATE_HTTP_PORT`` like the server.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+
+
+def main() -> int:
+    port = os.environ.get("INFERGATE_HTTP_PORT", "8000")
+    url = f"http://127.0.0.1:{port}/v2/health/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:  # noqa: S310 - fixed local URL
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"not ready: {url}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
