@@ -184,6 +184,7 @@ class DynamicBatcher:
                 pending = queue.popleft()
                 if pending.future.done():  # the client went away or timed out
                     self._dequeued(pending)
+                    self.stats.metrics.rejected("cancelled")
                     continue
                 if pending.deadline_ns and now > pending.deadline_ns:
                     self._dequeued(pending)

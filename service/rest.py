@@ -6,6 +6,7 @@ requests per second, FastAPI's routing and dependency resolution would cost more
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -78,7 +79,7 @@ class InferEndpoint:
             request, output_encoding = decode_request(
                 body, length, model, version, self.max_elements
             )
-            response = await self.dataplane.infer(request)
+            response = await self._infer_unless_disconnected(request, receive)
             payload, binary_header = encode_response(response, output_encoding)
         except InferenceError as error:
             await _send(
@@ -104,6 +105,33 @@ class InferEndpoint:
                 ],
                 payload,
             )
+
+    async def _infer_unless_disconnected(self, request: InferRequest, receive: Any) -> Any:
+        """Run the request, but drop it from its batch if the client hangs up while it waits.
+
+        Once the body is read, ``receive()`` only returns on disconnect; a watcher cancels this
+        task then, which cancels the request's future, and the batcher skips it.
+        """
+        current = asyncio.current_task()
+        state = {"running": True}
+
+        def on_receive(watcher: asyncio.Task[Any]) -> None:
+            if state["running"] and not watcher.cancelled() and current is not None:
+                current.cancel()
+
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(on_receive)
+        try:
+            return await self.dataplane.infer(request)
+        except asyncio.CancelledError:
+            if state["running"] and watcher.done() and not watcher.cancelled():
+                if current is not None:
+                    current.uncancel()
+                raise BadRequest("client disconnected before its request ran") from None
+            raise
+        finally:
+            state["running"] = False
+            watcher.cancel()
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Any) -> bytes:
         declared = headers.get(b"content-length")

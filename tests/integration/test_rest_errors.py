@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import time
 
 import httpx
 import numpy as np
@@ -286,5 +287,79 @@ async def test_overload_gives_fast_503_bounded_memory_and_recovers(example_repo)
         assert (
             'infergate_rejected_requests_total{model="minilm_embed",reason="queue_full"}' in metrics
         )
+    finally:
+        server.stop()
+
+
+def pending(base_url: str, model: str, version: str) -> int:
+    metrics = httpx.get(f"{base_url}/metrics").text
+    key = f'nv_inference_pending_request_count{{model="{model}",version="{version}"}} '
+    line = next(line for line in metrics.splitlines() if line.startswith(key))
+    return int(float(line.removeprefix(key)))
+
+
+def arrived(base_url: str) -> int:
+    """Requests that reached minilm_embed v1: finished plus still pending."""
+    stats = httpx.get(f"{base_url}/v2/models/minilm_embed/versions/1/stats").json()
+    done = stats["model_stats"][0]["inference_stats"]["success"]["count"]
+    return int(done) + pending(base_url, "minilm_embed", "1")
+
+
+def wait_for(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
+
+
+def test_a_client_that_hangs_up_is_dropped_from_the_queue(example_repo, tmp_path):
+    """One instance and no batching: slow requests queue up; one more hangs up while queued."""
+    import shutil
+    import socket
+    import threading
+
+    shutil.copytree(example_repo / "minilm_embed", tmp_path / "minilm_embed")
+    config = tmp_path / "minilm_embed" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_batch_size: 32", "max_batch_size: 1"))
+    server = start_gateway(tmp_path, "--no-batching", env={"INFERGATE_CACHE_ENABLED": "false"})
+    seq, blockers = 256, 12
+    body = {
+        "inputs": [
+            {"name": "input_ids", "shape": [1, seq], "datatype": "INT64", "data": [2000] * seq},
+            {"name": "attention_mask", "shape": [1, seq], "datatype": "INT64", "data": [1] * seq},
+            {"name": "token_type_ids", "shape": [1, seq], "datatype": "INT64", "data": [0] * seq},
+        ]
+    }
+    url = f"{server.base_url}/v2/models/minilm_embed/versions/1/infer"
+    try:
+        threads = [
+            threading.Thread(target=httpx.post, args=(url,), kwargs={"json": body, "timeout": 120})
+            for _ in range(blockers)
+        ]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: pending(server.base_url, "minilm_embed", "1") >= blockers - 1)
+        payload = json.dumps(body).encode()
+        with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
+            sock.sendall(
+                b"POST /v2/models/minilm_embed/versions/1/infer HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: "
+                + str(len(payload)).encode()
+                + b"\r\n\r\n"
+                + payload
+            )
+            # hang up only once the request waits in the queue behind the others
+            wait_for(lambda: arrived(server.base_url) == blockers + 1)
+            assert pending(server.base_url, "minilm_embed", "1") >= 2
+        for thread in threads:
+            thread.join(120)
+        wait_for(lambda: pending(server.base_url, "minilm_embed", "1") == 0)
+        metrics = httpx.get(f"{server.base_url}/metrics").text
+        assert (
+            'infergate_rejected_requests_total{model="minilm_embed",reason="cancelled"} 1.0'
+            in metrics
+        )
+        stats = httpx.get(f"{server.base_url}/v2/models/minilm_embed/versions/1/stats").json()
+        assert stats["model_stats"][0]["execution_count"] == blockers
     finally:
         server.stop()
