@@ -214,36 +214,49 @@ class DynamicBatcher:
         self.queued_rows -= pending.rows
 
     async def _execute(self, batch: list[Pending]) -> None:
-        model = self.model
-        started = time.perf_counter_ns()
         try:
-            inputs = self._merge(batch)
-            merged = time.perf_counter_ns()
-            outputs = await model.backend.execute(inputs, model.output_names)
-            executed = time.perf_counter_ns()
-            self._split(batch, outputs)
-            finished = time.perf_counter_ns()
+            await self._run_batch(batch)
         except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, InferenceError)
-                else Internal(f"model execution failed: {exc}")
-            )
-            if not isinstance(exc, InferenceError):
-                log.exception("model %s version %s failed", model.name, model.version)
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
-        else:
-            rows = sum(p.rows for p in batch) if model.batches else 1
-            input_ns, infer_ns, output_ns = merged - started, executed - merged, finished - executed
-            self.stats.record_execution(rows, input_ns, infer_ns, output_ns)
-            queue_ns = sum(started - p.enqueued_ns for p in batch) // len(batch)
-            self.stats.record_request(queue_ns, input_ns, infer_ns, output_ns, len(batch))
+            if len(batch) > 1 and not isinstance(exc, Unavailable | Timeout):
+                # One bad request must not fail the others: run each alone to find it.
+                log.warning("batch of %d failed (%s); running its requests alone", len(batch), exc)
+                for pending in batch:
+                    if pending.future.done():
+                        continue
+                    try:
+                        await self._run_batch([pending])
+                    except Exception as alone:
+                        pending.future.set_exception(self._client_error(alone))
+            else:
+                error = self._client_error(exc)
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
         finally:
             self.in_flight -= 1
             self.running_requests -= len(batch)
             self._wakeup.set()
+
+    def _client_error(self, exc: Exception) -> InferenceError:
+        if isinstance(exc, InferenceError):
+            return exc
+        log.error("model %s version %s failed: %s", self.model.name, self.model.version, exc)
+        return Internal(f"model execution failed: {exc}")
+
+    async def _run_batch(self, batch: list[Pending]) -> None:
+        model = self.model
+        started = time.perf_counter_ns()
+        inputs = self._merge(batch)
+        merged = time.perf_counter_ns()
+        outputs = await model.backend.execute(inputs, model.output_names)
+        executed = time.perf_counter_ns()
+        self._split(batch, outputs)
+        finished = time.perf_counter_ns()
+        rows = sum(p.rows for p in batch) if model.batches else 1
+        input_ns, infer_ns, output_ns = merged - started, executed - merged, finished - executed
+        self.stats.record_execution(rows, input_ns, infer_ns, output_ns)
+        queue_ns = sum(started - p.enqueued_ns for p in batch) // len(batch)
+        self.stats.record_request(queue_ns, input_ns, infer_ns, output_ns, len(batch))
 
     def _merge(self, batch: list[Pending]) -> dict[str, np.ndarray]:
         if len(batch) == 1:

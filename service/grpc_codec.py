@@ -208,7 +208,7 @@ def decode_request(request: pb.ModelInferRequest, max_elements: int) -> InferReq
         parameters=parameters,
         priority=_int_parameter(parameters, "priority"),
         timeout_us=_int_parameter(parameters, "timeout"),
-        use_cache=parameters.get("cache", True) not in (False, "false", "False", "0", 0),
+        use_cache=parameters.get("cache", True) is not False,
     )
 
 

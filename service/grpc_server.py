@@ -278,5 +278,5 @@ async def start_grpc_server(dataplane: DataPlane, settings: Settings) -> grpc.ai
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     await server.start()
-    log.info("gRPC server listening on %s", address)
+    log.debug("gRPC server bound to %s", address)
     return server

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from tritonclient.grpc import model_config_pb2
 
 from service.backends.base import Backend
+from service.errors import BadRequest
 from service.settings import Settings
 from service.tensors import ORT_TO_V2, V2_TO_CONFIG
 
@@ -79,8 +81,7 @@ class OnnxRuntimeBackend(Backend):
                 found = graph.get(declared.name)
                 if found is None:
                     raise ValueError(
-                        f"{kind} '{declared.name}' is not in the graph (graph has "
-                        f"{sorted(graph)})"
+                        f"{kind} '{declared.name}' is not in the graph (graph has {sorted(graph)})"
                     )
                 declared_type = model_config_pb2.DataType.Name(declared.data_type)
                 graph_type = V2_TO_CONFIG.get(ORT_TO_V2.get(found.type, ""), found.type)
@@ -99,8 +100,12 @@ class OnnxRuntimeBackend(Backend):
                     )
 
     def _run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        results = self.session.run(output_names, inputs)
-        return dict(zip(output_names, results))
+        feeds = {name: _strings_to_ort(array) for name, array in inputs.items()}
+        try:
+            results = self.session.run(output_names, feeds)
+        except InvalidArgument as exc:  # e.g. a token id outside the vocabulary
+            raise BadRequest(f"the model rejected the input: {exc}") from exc
+        return {name: _strings_from_ort(array) for name, array in zip(output_names, results)}
 
     async def execute(
         self, inputs: dict[str, np.ndarray], output_names: list[str]
@@ -110,3 +115,25 @@ class OnnxRuntimeBackend(Backend):
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def _strings_to_ort(array: np.ndarray) -> np.ndarray:
+    """BYTES arrive as bytes; ORT's binding wants str (it stores str(b"x"), i.e. "b'x'")."""
+    if array.dtype != np.object_:
+        return array
+    try:
+        flat = [item.decode("utf-8") if isinstance(item, bytes) else item for item in array.flat]
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"a BYTES element is not UTF-8, which ONNX Runtime needs: {exc}") from exc
+    result = np.empty(len(flat), dtype=np.object_)
+    result[:] = flat
+    return result.reshape(array.shape)
+
+
+def _strings_from_ort(array: np.ndarray) -> np.ndarray:
+    """ORT returns string tensors as str; the rest of the gateway carries BYTES as bytes."""
+    if array.dtype != np.object_:
+        return array
+    result = np.empty(array.size, dtype=np.object_)
+    result[:] = [item.encode("utf-8") if isinstance(item, str) else item for item in array.flat]
+    return result.reshape(array.shape)

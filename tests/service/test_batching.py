@@ -227,3 +227,20 @@ async def test_close_finishes_queued_requests(example_repo, tmp_path):
     await dataplane.close()
     results = await asyncio.gather(*tasks)
     assert len(results) == 30
+
+
+async def test_one_bad_request_fails_alone_and_its_batch_mates_succeed(example_repo, tmp_path):
+    repo = copy_model(example_repo, "minilm_embed", tmp_path)
+    dataplane = await started(repo)
+    try:
+        requests = [embed_request(8, seed) for seed in range(6)]
+        requests[2].inputs["input_ids"][0, 3] = 10_000_000  # far outside the vocabulary
+        outcomes = await asyncio.gather(
+            *(dataplane.infer(r) for r in requests), return_exceptions=True
+        )
+        assert isinstance(outcomes[2], BadRequest)
+        assert "the model rejected the input" in outcomes[2].message
+        good = [o for i, o in enumerate(outcomes) if i != 2]
+        assert all(o.outputs["sentence_embedding"].shape == (1, 384) for o in good)
+    finally:
+        await dataplane.close()
