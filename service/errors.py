@@ -53,5 +53,12 @@ class Timeout(InferenceError):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Unimplemented(InferenceError):
+    """A protocol feature the gateway does not offer (shared memory, classification...)."""
+
+    http_status = 501
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class Internal(InferenceError):
     pass

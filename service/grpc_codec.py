@@ -12,11 +12,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from service.errors import BadRequest, InferenceError, Internal
+from service.errors import BadRequest, Internal, Unimplemented
 from service.tensors import NUMPY_TO_V2, V2_TO_NUMPY, deserialize_bytes, serialize_bytes
 from service.types import InferRequest, InferResponse
 
@@ -48,13 +47,6 @@ _WIRE_DTYPE: dict[str, np.dtype] = {
 }
 
 _SHARED_MEMORY = "shared_memory_region"
-
-
-class Unimplemented(InferenceError):
-    """A protocol feature the gateway does not offer (shared memory, classification...)."""
-
-    http_status = 501
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
 
 
 def parameters_to_dict(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Any]:

@@ -45,9 +45,7 @@ def _check_shape(name: str, shape: Any, limit: int) -> tuple[int, ...]:
     for dim in shape:
         count *= dim
         if count > limit:
-            raise BadRequest(
-                f"input '{name}': shape {shape} has more than {limit} elements"
-            )
+            raise BadRequest(f"input '{name}': shape {shape} has more than {limit} elements")
     return tuple(shape)
 
 
@@ -58,7 +56,9 @@ def _from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any)
     if datatype == "BYTES":
         flat = np.asarray(data, dtype=np.object_).reshape(-1)
         if flat.size != count:
-            raise BadRequest(f"input '{name}': shape {list(shape)} needs {count} elements, got {flat.size}")
+            raise BadRequest(
+                f"input '{name}': shape {list(shape)} needs {count} elements, got {flat.size}"
+            )
         result = np.empty(count, dtype=np.object_)
         for index, item in enumerate(flat):
             if isinstance(item, str):
@@ -196,9 +196,7 @@ def _int_parameter(parameters: dict[str, Any], key: str) -> int:
     return value
 
 
-def encode_response(
-    response: InferResponse, encoding: dict[str, Any]
-) -> tuple[bytes, int | None]:
+def encode_response(response: InferResponse, encoding: dict[str, Any]) -> tuple[bytes, int | None]:
     """Build the response body; returns (body, header length when binary outputs are present)."""
     binary_all = encoding["binary_all"]
     binary = encoding["binary"]
@@ -208,11 +206,18 @@ def encode_response(
         datatype = _datatype(array)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary.get(name, binary_all):
-            raw = serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+            raw = (
+                serialize_bytes(array)
+                if datatype == "BYTES"
+                else np.ascontiguousarray(array).tobytes()
+            )
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         elif datatype == "BYTES":
-            entry["data"] = [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
+            entry["data"] = [
+                item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+                for item in array.reshape(-1)
+            ]
         elif datatype == "FP16":
             entry["data"] = array.astype(np.float32).reshape(-1)
         else:
