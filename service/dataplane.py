@@ -16,6 +16,7 @@ from tritonclient.grpc import model_config_pb2
 
 from service import __version__
 from service.batching import DynamicBatcher
+from service.cache import ResponseCache
 from service.errors import BadRequest, InferenceError
 from service.metrics import render as render_metrics
 from service.model import ModelVersion
@@ -50,18 +51,13 @@ class DataPlane:
         self.repository = ModelRepository(
             source or make_source(settings), settings, self._attach, self._detach
         )
-        self.cache: Any = None
+        self.cache: ResponseCache | None = None
         self._started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        try:
-            from service.cache import ResponseCache
-        except ImportError:  # TODO(cache): remove once service.cache lands
-            ResponseCache = None  # type: ignore[assignment,misc]
-        if ResponseCache is not None:
-            self.cache = ResponseCache(self.settings)
-            await self.cache.start()
+        self.cache = ResponseCache(self.settings)
+        await self.cache.start()
         await self.repository.start()
         self._started = True
 

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     cache_ttl_s: float = 3600.0
     cache_max_entry_bytes: int = 4 * 1024 * 1024
     cache_local_bytes: int = 128 * 1024 * 1024
+    cache_local_tier: bool = Field(
+        False, description="with Redis: also keep hits in the in-process LRU in front of it"
+    )
     cache_namespace: str = "infergate"
     cache_redis_timeout_ms: float = 50.0
     cache_breaker_reset_s: float = 2.0
