@@ -70,7 +70,12 @@ class LocalOnnxSource(ModelSource):
     async def model_names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.parent.name for p in self.root.glob("*/config.pbtxt"))
+        # dot-folders are converters' staging areas, never models
+        return sorted(
+            p.parent.name
+            for p in self.root.glob("*/config.pbtxt")
+            if not p.parent.name.startswith(".")
+        )
 
     async def load(self, name: str) -> dict[str, tuple[model_config_pb2.ModelConfig, Backend]]:
         return await asyncio.to_thread(self._load_sync, name)

@@ -1,0 +1,1 @@
+"""Model converters: export trained models into a Triton repository after a parity check."""

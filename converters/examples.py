@@ -1,0 +1,199 @@
+"""The example repository (`make models`): five small models built offline, idempotently.
+
+Each model is built into a hidden scratch repository and swapped into place as a whole, so an
+interrupted build never leaves a half-built model; complete models are skipped unless ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.errors import ConversionError
+from converters.pipeline import Exported, PublishOptions, convert
+from converters.progress import QUIET, Reporter
+from converters.publish import swap_in
+from converters.triton_config import ConfigOptions, read_config
+
+# name -> versions that a complete build has
+EXAMPLES: dict[str, list[int]] = {
+    "digits_mlp": [1],
+    "digits_cnn": [1],
+    "cancer_gbt": [1],
+    "minilm_embed": [1, 2],
+    "keras_digits": [1],
+}
+
+
+def _small(queue_us: int = 1000, instances: int = 2) -> ConfigOptions:
+    return ConfigOptions(max_batch_size=64, max_queue_delay_us=queue_us, instances=instances)
+
+
+def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return round(float(np.mean(np.argmax(probabilities, axis=1) == labels)), 4)
+
+
+def _build_torch_digits(repo: Path, name: str, reporter: Reporter) -> list[dict[str, Any]]:
+    from converters import example_models as em
+    from converters.pytorch import InputSpec, export_pytorch
+
+    x_train, x_test, y_train, y_test = em.digits_split()
+    shape: tuple[int, ...] = (-1, 64) if name == "digits_mlp" else (-1, 1, 8, 8)
+    net = em.torch_digits_mlp() if name == "digits_mlp" else em.torch_digits_cnn()
+    spec = InputSpec("input", shape)
+    with reporter.step(f"{name}: training (PyTorch, Adam)"):
+        em.train_torch(
+            net, x_train.reshape(shape), y_train, epochs=30 if name == "digits_mlp" else 10
+        )
+    test = x_test.reshape(shape)
+    exported = export_pytorch(
+        net, [spec], ["probabilities"], samples={"input": test[:32]}, reporter=reporter
+    )
+    row = convert(exported, PublishOptions(repo, name, config=_small()), reporter)
+    row["accuracy"] = _accuracy(exported.source({"input": test})["probabilities"], y_test)  # type: ignore[misc]
+    return [row]
+
+
+def _build_cancer(repo: Path, name: str, reporter: Reporter) -> list[dict[str, Any]]:
+    from converters import example_models as em
+    from converters.sklearn import export_sklearn
+
+    with reporter.step(f"{name}: training (StandardScaler + GradientBoosting)"):
+        pipe, x_test, y_test = em.cancer_pipeline()
+    exported = export_sklearn(pipe, samples={"input": x_test[:64]})
+    row = convert(exported, PublishOptions(repo, name, config=_small(instances=1)), reporter)
+    row["accuracy"] = round(float(pipe.score(x_test, y_test)), 4)
+    return [row]
+
+
+def _build_keras(repo: Path, name: str, reporter: Reporter) -> list[dict[str, Any]]:
+    from converters import example_models as em
+    from converters.keras import export_keras
+
+    x_train, x_test, y_train, y_test = em.digits_split()
+    with reporter.step(f"{name}: training (Keras 3, torch backend, Adam)"):
+        model = em.keras_digits(x_train, y_train)
+    test = x_test.reshape(-1, 8, 8)
+    exported = export_keras(
+        model, input_names=["input"], output_names=["probabilities"], samples={"input": test[:32]}
+    )
+    row = convert(exported, PublishOptions(repo, name, config=_small()), reporter)
+    row["accuracy"] = _accuracy(exported.source({"input": test})["probabilities"], y_test)  # type: ignore[misc]
+    return [row]
+
+
+def _build_minilm(repo: Path, name: str, reporter: Reporter) -> list[dict[str, Any]]:
+    from converters import example_models as em
+    from converters.pytorch import InputSpec, export_pytorch
+
+    with reporter.step(f"{name}: loading all-MiniLM-L6-v2 (offline)"):
+        net, tokenizer = em.minilm_embedder()
+    samples = em.tokenize(tokenizer, em.SENTENCES)
+    specs = [
+        InputSpec(n, (-1, -1), "int64") for n in ("input_ids", "attention_mask", "token_type_ids")
+    ]
+    exported: Exported = export_pytorch(
+        net,
+        specs,
+        ["sentence_embedding"],
+        embedding_outputs=["sentence_embedding"],
+        samples=samples,
+        reporter=reporter,
+    )
+    gap = em.sentence_transformers_gap(samples, exported.source(samples)["sentence_embedding"])  # type: ignore[misc]
+    if gap is not None:
+        exported.notes.append(f"pooled graph vs sentence-transformers max abs diff {gap:.2e}")
+    config = ConfigOptions(
+        max_batch_size=32, max_queue_delay_us=2000, instances=1, response_cache=True
+    )
+    base_notes = list(exported.notes)
+    rows = [convert(exported, PublishOptions(repo, name, config=config), reporter)]
+    exported.notes = [*base_notes, "int8 per-channel dynamic quantisation of the version 1 graph"]
+    exported.export_seconds = 0.0  # v2 reuses the v1 export: its time is quantisation + parity
+    rows.append(
+        convert(exported, PublishOptions(repo, name, config=config, quantize=True), reporter)
+    )
+    return rows
+
+
+BUILDERS: dict[str, Callable[[Path, str, Reporter], list[dict[str, Any]]]] = {
+    "digits_mlp": _build_torch_digits,
+    "digits_cnn": _build_torch_digits,
+    "cancer_gbt": _build_cancer,
+    "minilm_embed": _build_minilm,
+    "keras_digits": _build_keras,
+}
+
+
+def is_complete(repo: Path, name: str) -> bool:
+    model_dir = repo / name
+    try:
+        read_config(model_dir / "config.pbtxt")
+    except (OSError, ConversionError):
+        return False
+    return all(
+        (model_dir / str(v) / "model.onnx").is_file()
+        and (model_dir / str(v) / "parity.json").is_file()
+        for v in EXAMPLES[name]
+    )
+
+
+def _existing_rows(repo: Path, name: str) -> list[dict[str, Any]]:
+    rows = []
+    for version in EXAMPLES[name]:
+        vdir = repo / name / str(version)
+        report = json.loads((vdir / "parity.json").read_text())
+        rows.append(
+            {
+                "model": name,
+                "version": version,
+                "framework": report.get("framework"),
+                "exporter": report.get("exporter"),
+                "precision": report.get("precision"),
+                "max_abs_err": report.get("max_abs_err"),
+                "min_cosine": report.get("min_cosine"),
+                "size_bytes": (vdir / "model.onnx").stat().st_size,
+                "export_s": None,
+                "path": str(vdir),
+                "notes": report.get("notes", []),
+                "status": "exists",
+            }
+        )
+    return rows
+
+
+def build_examples(
+    repo: Path, only: list[str] | None = None, force: bool = False, reporter: Reporter = QUIET
+) -> list[dict[str, Any]]:
+    """Build the example models into ``repo`` (complete ones kept unless ``force``)."""
+    names = list(only) if only else list(EXAMPLES)
+    unknown = [n for n in names if n not in EXAMPLES]
+    if unknown:
+        raise ConversionError(f"unknown example models {unknown}; choose from {list(EXAMPLES)}")
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        if not force and is_complete(repo, name):
+            reporter.info(f"{name}: complete in {repo}, skipped (use --force to rebuild)")
+            rows.extend(_existing_rows(repo, name))
+            continue
+        scratch = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=repo))
+        try:
+            start = time.perf_counter()
+            built = BUILDERS[name](scratch, name, reporter)
+            for row in built:
+                row["path"] = str(repo / name / str(row["version"]))
+                row["build_s"] = round(time.perf_counter() - start, 2)
+            swap_in(scratch / name, repo / name)
+            rows.extend(built)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return rows

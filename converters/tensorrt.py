@@ -1,0 +1,205 @@
+"""ONNX → TensorRT engine (``model.plan``, platform ``tensorrt_plan``) on machines with a CUDA GPU.
+
+Everything that can fail for want of hardware or packages is checked before anything is written.
+Parity runs the engine on CUDA through torch tensors against ONNX Runtime on the CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from converters.errors import ConversionError, ParityError, first_line
+from converters.parity import (
+    Arrays,
+    Tolerances,
+    check_parity,
+    failure_message,
+    make_samples,
+    ort_runner,
+)
+from converters.progress import QUIET, Reporter
+from converters.publish import plan_version, publish
+from converters.signature import graph_inputs, graph_outputs
+from converters.triton_config import ConfigOptions, build_config
+
+
+def cuda_gpu_count() -> int:
+    """GPUs visible to the CUDA driver (0 without a driver); imports no framework."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
+def missing_requirements() -> list[str]:
+    """Why a TensorRT build cannot run here (empty when it can)."""
+    reasons = []
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        reasons.append(
+            "the `tensorrt` Python package is not installed (pip install 'infergate[tensorrt]')"
+        )
+    if cuda_gpu_count() == 0:
+        reasons.append("no CUDA GPU is visible")
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            reasons.append(
+                "torch has no CUDA support (needed to run the engine for the parity check)"
+            )
+    except ImportError:
+        reasons.append("torch is not installed (needed to run the engine for the parity check)")
+    return reasons
+
+
+def _build_engine(
+    model: onnx.ModelProto, max_batch: int, fp16: bool, int8: bool, workspace_gib: float
+) -> bytes:
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(model.SerializeToString()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ConversionError(f"TensorRT cannot parse the ONNX graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if int8:  # explicit quantisation: the graph must carry Q/DQ nodes (e.g. from ModelOpt)
+        if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+            raise ConversionError(
+                "--int8 needs a Q/DQ-quantised ONNX graph (explicit quantisation)"
+            )
+        config.set_flag(trt.BuilderFlag.INT8)
+    profile = builder.create_optimization_profile()
+    for spec in graph_inputs(model):
+        rest = [d if d > 0 else 128 for d in spec.shape[1:]]
+        low = [1 if d == -1 else d for d in spec.shape[1:]]
+        batch = max_batch if max_batch > 0 else 1
+        profile.set_shape(spec.name, [1, *low], [max(1, batch // 2), *rest], [batch, *rest])
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise ConversionError("TensorRT failed to build the engine (see the TensorRT log above)")
+    return bytes(engine)
+
+
+def _engine_runner(plan: bytes, output_names: list[str]) -> Any:  # pragma: no cover - GPU only
+    import tensorrt as trt
+    import torch
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan)
+    context = engine.create_execution_context()
+
+    def run(feed: Arrays) -> Arrays:
+        stream = torch.cuda.Stream()
+        keep = {}
+        for name, array in feed.items():
+            tensor = torch.from_numpy(np.ascontiguousarray(array)).cuda()
+            keep[name] = tensor
+            context.set_input_shape(name, tuple(array.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
+        results = {}
+        for name in output_names:
+            shape = tuple(context.get_tensor_shape(name))
+            dtype = torch.from_numpy(np.zeros(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
+            results[name] = torch.empty(shape, dtype=dtype, device="cuda")
+            context.set_tensor_address(name, results[name].data_ptr())
+        context.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        return {name: value.cpu().numpy() for name, value in results.items()}
+
+    return run
+
+
+def build_tensorrt(
+    onnx_path: Path,
+    repo: Path,
+    name: str,
+    *,
+    version: int | None = None,
+    config_options: ConfigOptions | None = None,
+    fp16: bool = False,
+    int8: bool = False,
+    workspace_gib: float = 2.0,
+    tolerances: Tolerances | None = None,
+    reporter: Reporter = QUIET,
+) -> dict[str, Any]:
+    """Build, prove parity against ONNX Runtime, then publish atomically; no writes on failure."""
+    from converters.onnx_model import load_onnx
+
+    reasons = missing_requirements()
+    if reasons:
+        raise ConversionError(
+            "cannot build a TensorRT engine: " + "; ".join(reasons) + ". Nothing was written"
+        )
+    options = config_options or ConfigOptions()
+    options.platform, options.backend = "tensorrt_plan", ""
+    model = load_onnx(onnx_path)
+    version, _ = plan_version(repo, name, version)
+    config = build_config(name, graph_inputs(model), graph_outputs(model), options)
+    start = time.perf_counter()
+    try:
+        with reporter.step("TensorRT engine build"):
+            plan = _build_engine(model, options.max_batch_size, fp16, int8, workspace_gib)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"TensorRT engine build failed: {first_line(exc)}") from None
+    elapsed = time.perf_counter() - start
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    outputs = [o.name for o in graph_outputs(model)]
+    tol = tolerances or Tolerances.for_precision(precision, embedding=False)
+    with reporter.step("parity check (TensorRT vs ONNX Runtime)"):
+        report = check_parity(
+            ort_runner(model),
+            _engine_runner(plan, outputs),
+            make_samples(graph_inputs(model)),
+            tol,
+            outputs,
+            batched=options.max_batch_size > 0,
+        )
+    report = {
+        "model": name,
+        "version": version,
+        "framework": "tensorrt",
+        "precision": precision,
+        **report,
+    }
+    if not report["passed"]:
+        raise ParityError(failure_message(name, report), report)
+    files = {"model.plan": plan, "parity.json": json.dumps(report, indent=2).encode() + b"\n"}
+    version, version_dir = publish(repo, name, version, config, files)
+    return {
+        "model": name,
+        "version": version,
+        "framework": "tensorrt",
+        "exporter": "tensorrt",
+        "precision": precision,
+        "max_abs_err": report["max_abs_err"],
+        "min_cosine": report["min_cosine"],
+        "size_bytes": len(plan),
+        "export_s": round(elapsed, 2),
+        "path": str(version_dir),
+        "notes": [],
+        "status": "built",
+    }
