@@ -86,10 +86,9 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
-            self.repository.get(name, version)
+            return self.repository.get(name, version).backend.healthy()
         except InferenceError:
             return False
-        return True
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         model = self.repository.get(name, version)

@@ -59,6 +59,9 @@ class ModelSource(ABC):
     async def load(self, name: str) -> dict[str, tuple[model_config_pb2.ModelConfig, Backend]]:
         """Create a backend for each servable version; raise ValueError with the reason."""
 
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop background work (health checks) and close connections."""
+
 
 class LocalOnnxSource(ModelSource):
     """A Triton model repository on disk, executed by the embedded ONNX Runtime backend."""
@@ -157,6 +160,7 @@ class ModelRepository:
             self._poll_task.cancel()
         for name in list(self.models):
             await self.unload(name)
+        await self.source.close()
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         entry = self.models.get(name)
@@ -174,7 +178,10 @@ class ModelRepository:
         return found
 
     def ready(self) -> bool:
-        return all(entry.state == "READY" for entry in self.models.values())
+        return all(
+            entry.state == "READY" and any(v.backend.healthy() for v in entry.versions.values())
+            for entry in self.models.values()
+        )
 
     async def index(self) -> list[dict[str, str]]:
         names = set(self.models) | set(await self.source.model_names())

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     triton_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
     triton_protocol: Literal["grpc", "http"] = "grpc"
     triton_health_interval_s: float = 1.0
+    triton_timeout_s: float = Field(30.0, description="per-batch timeout for a Triton call")
+    triton_startup_wait_s: float = Field(
+        30.0, description="how long startup waits for the first healthy Triton replica"
+    )
     execution_providers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="ONNX Runtime providers in order; empty = TensorRT/CUDA when present, else CPU",

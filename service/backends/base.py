@@ -24,5 +24,9 @@ class Backend(ABC):
     ) -> dict[str, np.ndarray]:
         """Run one batch and return the requested outputs by name."""
 
-    async def close(self) -> None:
+    def healthy(self) -> bool:
+        """Whether a batch could run now (remote backends: some replica is up)."""
+        return True
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release sessions, connections and threads."""
