@@ -242,41 +242,51 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def test_overload_gives_fast_503_bounded_memory_and_recovers(example_repo):
+async def test_overload_gives_fast_503_bounded_memory_and_recovers(example_repo, tmp_path):
+    """Requests one at a time (max_batch_size 1) behind a queue of 4: a burst must overflow it."""
+    import shutil
+
+    shutil.copytree(example_repo / "minilm_embed", tmp_path / "minilm_embed")
+    config = tmp_path / "minilm_embed" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_batch_size: 32", "max_batch_size: 1"))
     server = start_gateway(
-        example_repo, env={"INFERGATE_MAX_QUEUE_SIZE": "8", "INFERGATE_CACHE_ENABLED": "false"}
+        tmp_path, env={"INFERGATE_MAX_QUEUE_SIZE": "4", "INFERGATE_CACHE_ENABLED": "false"}
     )
     try:
-        rng = np.random.default_rng(0)
-        ids = rng.integers(1000, 5000, size=(1, 64)).tolist()
+        seq = 128
+        ids = np.random.default_rng(0).integers(1000, 5000, size=(1, seq)).tolist()
         body = {
             "inputs": [
-                {"name": "input_ids", "shape": [1, 64], "datatype": "INT64", "data": ids},
+                {"name": "input_ids", "shape": [1, seq], "datatype": "INT64", "data": ids},
                 {
                     "name": "attention_mask",
-                    "shape": [1, 64],
+                    "shape": [1, seq],
                     "datatype": "INT64",
-                    "data": [[1] * 64],
+                    "data": [1] * seq,
                 },
                 {
                     "name": "token_type_ids",
-                    "shape": [1, 64],
+                    "shape": [1, seq],
                     "datatype": "INT64",
-                    "data": [[0] * 64],
+                    "data": [0] * seq,
                 },
             ]
         }
-        url = f"{server.base_url}/v2/models/minilm_embed/infer"
+        url = f"{server.base_url}/v2/models/minilm_embed/versions/1/infer"
         before = rss_kib(server.process.pid)
-        limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+            # open the connections first, so the burst arrives at once
+            await asyncio.gather(
+                *(client.get(f"{server.base_url}/v2/health/live") for _ in range(100))
+            )
             for _ in range(3):
-                responses = await asyncio.gather(*(client.post(url, json=body) for _ in range(150)))
+                responses = await asyncio.gather(*(client.post(url, json=body) for _ in range(100)))
                 statuses = [r.status_code for r in responses]
                 assert set(statuses) <= {200, 503}
                 rejected = [r for r in responses if r.status_code == 503]
-                assert rejected, "a queue of 8 cannot absorb 150 concurrent requests"
-                assert statuses.count(200) >= 8
+                assert rejected, "a queue of 4 cannot absorb 100 requests served one at a time"
+                assert statuses.count(200) >= 4
                 assert all(r.headers.get("retry-after") == "1" for r in rejected)
                 assert all("queue is full" in r.json()["error"] for r in rejected)
             grown_mib = (rss_kib(server.process.pid) - before) / 1024
