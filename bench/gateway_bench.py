@@ -77,12 +77,11 @@ def request_body(model: str, seq_len: int = 32) -> dict:
 
 
 def wrk(url: str, body: dict, connections: int, duration: int, threads: int = 2) -> dict:
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    script.write(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = [[{json.dumps(body)}]]\n{LUA_DONE}"
-    )
-    script.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [[{json.dumps(body)}]]\n{LUA_DONE}"
+        )
     out = subprocess.run(
         [
             "wrk",
@@ -214,23 +213,20 @@ def print_model(
     for label, runs in rows.items():
         for run in runs:
             print(
-                f"{label:22} {run['connections']:>5} {run['req_per_s']:>9.0f} {run['p50_ms']:>8.2f} "
-                f"{run['p99_ms']:>8.2f} {run['errors']:>6}"
+                f"{label:22} {run['connections']:>5} {run['req_per_s']:>9.0f} "
+                f"{run['p50_ms']:>8.2f} {run['p99_ms']:>8.2f} {run['errors']:>6}"
             )
     print(f"onnxruntime in-process: {direct['samples_per_s_by_batch']} samples/s by batch size")
     by_conn = {label: {r["connections"]: r for r in runs} for label, runs in rows.items()}
     top = max(connections)
     batched = by_conn["gateway_batching"][top]["req_per_s"]
-    print(
-        f"ratio batching on / off at {top} conns: {batched / by_conn['gateway_no_batching'][top]['req_per_s']:.2f}x"
-    )
+    unbatched = by_conn["gateway_no_batching"][top]["req_per_s"]
+    print(f"ratio batching on / off at {top} conns: {batched / unbatched:.2f}x")
     if "naive_fastapi" in by_conn:
-        print(
-            f"ratio gateway / naive FastAPI at {top} conns: {batched / by_conn['naive_fastapi'][top]['req_per_s']:.2f}x"
-        )
-    print(
-        f"ratio gateway / ORT best batch ({direct['best_batch']}): {batched / direct['best_samples_per_s']:.2%}"
-    )
+        naive = by_conn["naive_fastapi"][top]["req_per_s"]
+        print(f"ratio gateway / naive FastAPI at {top} conns: {batched / naive:.2f}x")
+    ceiling = direct["best_samples_per_s"]
+    print(f"ratio gateway / ORT best batch ({direct['best_batch']}): {batched / ceiling:.2%}")
     if 1 in connections:
         on, off = (
             by_conn["gateway_batching"][1]["p50_ms"],

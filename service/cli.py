@@ -53,7 +53,7 @@ def serve(
     from service.server import run
     from service.settings import Settings
 
-    given = {
+    given: dict[str, object] = {
         "model_repo": model_repo,
         "host": host,
         "http_port": http_port,
@@ -66,7 +66,9 @@ def serve(
         "batching": False if no_batching else None,
     }
     try:
-        settings = Settings(**{key: value for key, value in given.items() if value is not None})
+        settings = Settings.model_validate(
+            {key: value for key, value in given.items() if value is not None}
+        )
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc
     run(settings)

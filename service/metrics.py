@@ -37,7 +37,7 @@ REJECTED = Counter(
 
 @dataclass(slots=True)
 class ModelMetrics:
-    """Label-bound children, resolved once per model version: ``labels()`` is too slow per request."""
+    """Label-bound children, resolved once per model: ``labels()`` is too slow per request."""
 
     queue_depth: Gauge
     batch_size: Histogram

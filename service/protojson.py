@@ -25,7 +25,7 @@ def message_to_json(message: Message) -> dict[str, Any]:
 
 
 def _numbers(message_descriptor: descriptor.Descriptor, data: dict[str, Any]) -> None:
-    """json_format writes int64 as strings (JSON's doubles lose precision); Triton writes numbers."""
+    """json_format writes int64 as strings (JSON doubles lose precision); Triton writes numbers."""
     for field in message_descriptor.fields:
         if field.name not in data:
             continue

@@ -39,9 +39,14 @@ def _parse_infer_path(path: str) -> tuple[str, str] | None:
     parts = path.split("/")
     if len(parts) == 5 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "infer":
         return parts[3], ""
-    if len(parts) == 7 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "versions":
-        if parts[6] == "infer":
-            return parts[3], parts[5]
+    if (
+        len(parts) == 7
+        and parts[1] == "v2"
+        and parts[2] == "models"
+        and parts[4] == "versions"
+        and parts[6] == "infer"
+    ):
+        return parts[3], parts[5]
     return None
 
 

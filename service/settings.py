@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Gateway settings; the model's ``config.pbtxt`` stays the source of truth for shapes/batching."""
+    """Gateway settings; each model's ``config.pbtxt`` stays the truth for shapes and batching."""
 
     model_config = SettingsConfigDict(env_prefix="INFERGATE_", extra="ignore")
 

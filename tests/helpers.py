@@ -71,7 +71,9 @@ def start_gateway(
 ) -> Gateway:
     """Start ``infergate serve`` on free ports and wait until it reports ready."""
     http_port, grpc_port = free_port(), free_port()
-    log_file = tempfile.NamedTemporaryFile(prefix="infergate-", suffix=".log", delete=False)
+    log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the child process writes to it
+        prefix="infergate-", suffix=".log", delete=False
+    )
     command = [
         sys.executable,
         "-m",

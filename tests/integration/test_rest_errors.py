@@ -1,4 +1,4 @@
-"""Bad input gets a precise 4xx in the v2 error shape, and the gateway keeps serving everyone else."""
+"""Bad input gets a precise 4xx in the v2 error shape; the gateway keeps serving everyone else."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import json
 import struct
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -236,7 +237,7 @@ def test_oversized_body_is_refused_before_reading_it(example_repo):
 
 
 def rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")

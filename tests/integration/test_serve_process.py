@@ -76,7 +76,8 @@ def test_every_setting_can_come_from_the_environment(example_repo, tmp_path):
 def wait_until_all_arrived(base_url: str, count: int) -> None:
     """Until every request is queued, running or done inside the gateway, and some still pend."""
     pattern = re.compile(
-        r'nv_inference_(pending_request_count|request_success)\{model="minilm_embed",version="2"\} (\d+)'
+        r"nv_inference_(pending_request_count|request_success)"
+        r'\{model="minilm_embed",version="2"\} (\d+)'
     )
     for _ in range(600):
         values = dict(pattern.findall(httpx.get(f"{base_url}/metrics").text))

@@ -68,7 +68,8 @@ async def test_a_broken_model_is_unavailable_with_its_reason_and_others_serve(re
         assert not dataplane.ready()
         with pytest.raises(Unavailable, match="ONNX Runtime cannot load model.onnx"):
             dataplane.model_metadata("broken")
-        with pytest.raises(Unavailable, match=r"input 'input' has dims \[65\] in config.pbtxt but \[64\]"):
+        mismatch = r"input 'input' has dims \[65\] in config.pbtxt but \[64\]"
+        with pytest.raises(Unavailable, match=mismatch):
             dataplane.model_metadata("mismatched")
         rows = {row["name"]: row for row in await dataplane.repository_index()}
         assert rows["broken"]["state"] == "UNAVAILABLE" and rows["broken"]["reason"]
@@ -111,6 +112,7 @@ async def test_explicit_unload_and_load(repo):
 async def test_reload_under_load_drops_no_request(repo):
     dataplane = await start(repo)
     try:
+
         async def client(seed: int) -> int:
             done = 0
             for round_ in range(40):
