@@ -141,9 +141,10 @@ def onnxruntime_direct(model_file: Path, model: str, duration: float) -> dict:
     }
 
 
-def latest_model(repo: Path, model: str) -> Path:
-    version = max(int(p.name) for p in (repo / model).iterdir() if p.name.isdigit())
-    return repo / model / str(version) / "model.onnx"
+def model_file(repo: Path, model: str, version: str) -> Path:
+    """The version's model.onnx; "" = the highest version, the one the gateway serves by default."""
+    version = version or str(max(int(p.name) for p in (repo / model).iterdir() if p.name.isdigit()))
+    return repo / model / version / "model.onnx"
 
 
 def serve_naive(model_file: Path) -> tuple[subprocess.Popen, str]:
@@ -167,16 +168,21 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=ROOT / "model_repo")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", default="1,16,64")
-    parser.add_argument("--models", default="digits_mlp,minilm_embed")
+    parser.add_argument(
+        "--models",
+        default="digits_mlp,minilm_embed:1,minilm_embed:2",
+        help="MODEL or MODEL:VERSION, comma-separated",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gateway.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     connections = [int(c) for c in args.connections.split(",")]
     report: dict = {"machine": {"cores": os.cpu_count()}, "models": {}}
-    for model in args.models.split(","):
+    for spec in args.models.split(","):
+        model, _, version = spec.partition(":")
         body = request_body(model)
-        path = f"/v2/models/{model}/infer"
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
         rows: dict[str, list[dict]] = {}
         for label, extra in (("gateway_batching", []), ("gateway_no_batching", ["--no-batching"])):
             gateway = start_gateway(args.repo, *extra, "--grpc-port", "0")
@@ -188,7 +194,7 @@ def main() -> None:
             finally:
                 gateway.stop()
         if model == "digits_mlp":
-            process, url = serve_naive(latest_model(args.repo, model))
+            process, url = serve_naive(model_file(args.repo, model, version))
             try:
                 wrk(url + path, body, 16, 2)
                 rows["naive_fastapi"] = [
@@ -197,10 +203,16 @@ def main() -> None:
             finally:
                 process.terminate()
                 process.wait()
-        direct = onnxruntime_direct(latest_model(args.repo, model), model, min(args.duration, 5))
-        report["models"][model] = {"runs": rows, "onnxruntime_direct": direct}
-        print_model(model, rows, direct, connections)
+        onnx_file = model_file(args.repo, model, version)
+        direct = onnxruntime_direct(onnx_file, model, min(args.duration, 5))
+        report["models"][spec] = {"runs": rows, "onnxruntime_direct": direct}
+        print_model(spec, rows, direct, connections)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.exists():  # keep other models' results from earlier runs
+        report["models"] = {
+            **json.loads(args.out.read_text()).get("models", {}),
+            **report["models"],
+        }
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.out}")
 

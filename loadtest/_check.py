@@ -14,18 +14,9 @@ import numpy as np
 
 from loadtest._inputs import numpy_dtype
 from loadtest._model import ModelSpec
+from service.tensors import ORT_TO_V2, V2_TO_NUMPY
 
 log = logging.getLogger(__name__)
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
 
 
 @dataclass(frozen=True)
@@ -91,7 +82,7 @@ class Reference:
         for node in self.session.get_inputs():
             if node.name not in inputs:
                 return None  # the server fills it (optional input): nothing to compare
-            feeds[node.name] = inputs[node.name].astype(_ORT_TYPES.get(node.type))
+            feeds[node.name] = inputs[node.name].astype(V2_TO_NUMPY[ORT_TO_V2[node.type]])
         names = [node.name for node in self.session.get_outputs() if node.name in outputs]
         for name, want in zip(names, self.session.run(names, feeds), strict=True):
             got = outputs[name].array

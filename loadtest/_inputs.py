@@ -9,23 +9,9 @@ from typing import Any
 import numpy as np
 
 from loadtest._model import ModelSpec, TensorSpec
+from service.tensors import V2_TO_NUMPY
 
 CLS, SEP = 101, 102
-_NUMPY = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "BYTES": np.object_,
-}
 _TEXT = (
     "the model answers requests quickly while the gateway batches them together and a cache "
     "keeps recent results close so repeated questions cost almost nothing on busy servers "
@@ -37,7 +23,7 @@ _WORDS = _TEXT.split()
 
 def numpy_dtype(datatype: str) -> Any:
     try:
-        return _NUMPY[datatype]
+        return V2_TO_NUMPY[datatype]
     except KeyError:
         raise ValueError(f"unsupported datatype {datatype}") from None
 
