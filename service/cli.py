@@ -45,6 +45,12 @@ def serve(
     model_control_mode: Annotated[
         str | None, typer.Option(help="none | poll | explicit [INFERGATE_MODEL_CONTROL_MODE]")
     ] = None,
+    load_model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="explicit mode: load at startup, repeatable; '*' = all [INFERGATE_STARTUP_MODELS]"
+        ),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="[INFERGATE_LOG_LEVEL]")] = None,
 ) -> None:
     """Serve the model repository over KServe v2 REST and gRPC."""
@@ -62,6 +68,7 @@ def serve(
         "backend": backend,
         "triton_url": triton_url or None,
         "model_control_mode": model_control_mode,
+        "startup_models": load_model or None,
         "log_level": log_level,
         "batching": False if no_batching else None,
     }

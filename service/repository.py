@@ -148,7 +148,16 @@ class ModelRepository:
         self._poll_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        for name in await self.source.model_names():
+        """Load the repository's models; in explicit mode only ``startup_models`` (Triton's
+        ``--load-model``), the rest wait for ``/v2/repository/models/m/load``."""
+        names = await self.source.model_names()
+        wanted = self.settings.startup_models
+        if self.settings.model_control_mode == "explicit" and "*" not in wanted:
+            missing = sorted(set(wanted) - set(names))
+            if missing:
+                raise ValueError(f"--load-model names models not in the repository: {missing}")
+            names = [name for name in names if name in wanted]
+        for name in names:
             await self.load(name)
         if self.settings.model_control_mode == "poll":
             root = getattr(self.source, "root", None)

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
 
     # --- model repository --------------------------------------------------------------------
     model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    startup_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="explicit mode: models loaded at startup ('*' = all), like --load-model",
+    )
     repository_poll_s: float = 15.0
 
     # --- batching and admission --------------------------------------------------------------
@@ -72,7 +76,7 @@ class Settings(BaseSettings):
     cache_redis_timeout_ms: float = 50.0
     cache_breaker_reset_s: float = 2.0
 
-    @field_validator("triton_url", "execution_providers", mode="before")
+    @field_validator("triton_url", "execution_providers", "startup_models", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         """Accept ``a,b`` or ``a b`` from the environment as well as a real list."""

@@ -147,3 +147,20 @@ async def test_poll_mode_picks_up_a_new_version_and_a_removed_model(repo):
         assert (await dataplane.infer(digits())).model_version == "2"
     finally:
         await dataplane.close()
+
+
+async def test_explicit_mode_loads_only_the_startup_models(repo):
+    dataplane = await start(repo, model_control_mode="explicit", startup_models=["cancer_gbt"])
+    try:
+        assert dataplane.model_ready("cancer_gbt")
+        assert not dataplane.model_ready("digits_mlp")
+        rows = {row["name"]: row for row in await dataplane.repository_index()}
+        assert rows["digits_mlp"] == {
+            "name": "digits_mlp",
+            "state": "UNAVAILABLE",
+            "reason": "unloaded",
+        }
+        await dataplane.load_model("digits_mlp")
+        assert (await dataplane.infer(digits())).outputs["probabilities"].shape == (1, 10)
+    finally:
+        await dataplane.close()
