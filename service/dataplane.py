@@ -7,7 +7,6 @@ decode and encode.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -24,8 +23,6 @@ from service.repository import LocalOnnxSource, ModelRepository, ModelSource
 from service.settings import Settings
 from service.stats import ModelStats
 from service.types import InferRequest, InferResponse
-
-log = logging.getLogger(__name__)
 
 EXTENSIONS = [
     "binary_tensor_data",
@@ -46,10 +43,10 @@ def make_source(settings: Settings) -> ModelSource:
 
 
 class DataPlane:
-    def __init__(self, settings: Settings, source: ModelSource | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.repository = ModelRepository(
-            source or make_source(settings), settings, self._attach, self._detach
+            make_source(settings), settings, self._attach, self._detach
         )
         self.cache: ResponseCache | None = None
         self._started = False
