@@ -343,7 +343,7 @@ def test_a_client_that_hangs_up_is_dropped_from_the_queue(example_repo, tmp_path
     config = tmp_path / "minilm_embed" / "config.pbtxt"
     config.write_text(config.read_text().replace("max_batch_size: 32", "max_batch_size: 1"))
     server = start_gateway(tmp_path, "--no-batching", env={"INFERGATE_CACHE_ENABLED": "false"})
-    seq, blockers = 256, 12
+    seq, blockers = 256, 24
     body = {
         "inputs": [
             {"name": "input_ids", "shape": [1, seq], "datatype": "INT64", "data": [2000] * seq},
@@ -359,7 +359,7 @@ def test_a_client_that_hangs_up_is_dropped_from_the_queue(example_repo, tmp_path
         ]
         for thread in threads:
             thread.start()
-        wait_for(lambda: pending(server.base_url, "minilm_embed", "1") >= blockers - 1)
+        wait_for(lambda: arrived(server.base_url) == blockers)
         payload = json.dumps(body).encode()
         with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
             sock.sendall(

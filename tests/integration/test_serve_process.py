@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,8 +93,12 @@ def wait_until_all_arrived(base_url: str, count: int) -> None:
     raise AssertionError("requests never reached the gateway")
 
 
-def test_sigterm_finishes_queued_and_running_requests(example_repo):
-    server = start_gateway(example_repo, env={"INFERGATE_CACHE_ENABLED": "false"})
+def test_sigterm_finishes_queued_and_running_requests(example_repo, tmp_path):
+    """One request at a time (max_batch_size 1), so some are still queued when SIGTERM comes."""
+    shutil.copytree(example_repo / "minilm_embed", tmp_path / "minilm_embed")
+    config = tmp_path / "minilm_embed" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_batch_size: 32", "max_batch_size: 1"))
+    server = start_gateway(tmp_path, env={"INFERGATE_CACHE_ENABLED": "false"})
     statuses: list[int] = []
     lock = threading.Lock()
 
