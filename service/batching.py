@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ class Pending:
     future: asyncio.Future[Outputs]
     enqueued_ns: int
     deadline_ns: int  # 0 = no deadline
+    client_gone: Callable[[], bool] | None = None
 
 
 @dataclass(slots=True)
@@ -99,6 +101,7 @@ class DynamicBatcher:
         signature: tuple[object, ...],
         priority: int = 0,
         timeout_us: int = 0,
+        client_gone: Callable[[], bool] | None = None,
     ) -> asyncio.Future[Outputs]:
         """Enqueue a validated request; the future resolves to its own rows of the outputs."""
         if self.closed:
@@ -119,9 +122,8 @@ class DynamicBatcher:
         timeout = timeout_us if (timeout_us and policy.allow_override) else policy.timeout_us
         now = time.perf_counter_ns()
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        queue.append(
-            Pending(inputs, rows, signature, future, now, now + timeout * 1000 if timeout else 0)
-        )
+        deadline = now + timeout * 1000 if timeout else 0
+        queue.append(Pending(inputs, rows, signature, future, now, deadline, client_gone))
         self.queued += 1
         self.queued_rows += rows
         self.stats.metrics.queue_depth.set(self.queued)
@@ -182,9 +184,14 @@ class DynamicBatcher:
             skipped: list[Pending] = []
             while queue:
                 pending = queue.popleft()
-                if pending.future.done():  # the client went away or timed out
+                if pending.future.done() or (pending.client_gone and pending.client_gone()):
+                    # the client hung up (or its task was cancelled): run nothing for it
                     self._dequeued(pending)
                     self.stats.metrics.rejected("cancelled")
+                    if not pending.future.done():
+                        pending.future.set_exception(
+                            BadRequest("client disconnected before its request ran")
+                        )
                     continue
                 if pending.deadline_ns and now > pending.deadline_ns:
                     self._dequeued(pending)

@@ -169,7 +169,12 @@ class DataPlane:
         self, model: ModelVersion, request: InferRequest, rows: int, signature: tuple[object, ...]
     ) -> dict[str, np.ndarray]:
         return await model.scheduler.submit(
-            request.inputs, rows, signature, request.priority, request.timeout_us
+            request.inputs,
+            rows,
+            signature,
+            request.priority,
+            request.timeout_us,
+            request.client_gone,
         )
 
     def validate(

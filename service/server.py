@@ -83,6 +83,9 @@ async def serve(settings: Settings) -> None:
         backlog=4096,
         timeout_keep_alive=30,
         log_config=None,
+        # Per-request middleware and headers nobody asked for; a proxy in front sets its own.
+        proxy_headers=False,
+        server_header=False,
     )
     server = _Server(config)
     # Long-lived objects (sessions, configs, modules) need no scanning, and a request allocates

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,8 @@ class InferRequest:
     priority: int = 0  # 0 = the model's default priority level
     timeout_us: int = 0  # 0 = the model's / settings' default
     use_cache: bool = True
+    #: returns True once the client has hung up (front ends that can tell set it)
+    client_gone: Callable[[], bool] | None = None
 
 
 @dataclass(slots=True)
