@@ -112,12 +112,11 @@ class DataPlane:
         return model.stats.to_dict(cache_stats)
 
     def model_statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
-        if name:
-            models = (
-                [self.repository.get(name, version)]
-                if version
-                else list(self.repository.models[self.repository.get(name).name].versions.values())
-            )
+        if name and version:
+            models = [self.repository.get(name, version)]
+        elif name:
+            self.repository.get(name)  # NotFound / Unavailable with the reason
+            models = list(self.repository.models[name].versions.values())
         else:
             models = [
                 m for entry in self.repository.models.values() for m in entry.versions.values()
@@ -197,7 +196,7 @@ class DataPlane:
         rows = 1
         signature: list[object] = []
         limit = self.settings.max_tensor_elements
-        for name, spec in specs.items():
+        for index, (name, spec) in enumerate(specs.items()):
             array = inputs[name]
             declared = request.datatypes.get(name, spec.datatype)
             if declared != spec.datatype:
@@ -215,7 +214,7 @@ class DataPlane:
             if array.size > limit:
                 raise BadRequest(f"input '{name}' has {array.size} elements; the limit is {limit}")
             if model.batches:
-                if name == next(iter(specs)):
+                if index == 0:
                     rows = shape[0]
                     if rows < 1 or rows > model.max_batch_size:
                         raise BadRequest(
