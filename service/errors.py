@@ -1,8 +1,13 @@
-"""Errors that the front ends turn into v2 ``{"error": ...}`` bodies or gRPC status codes."""
+"""The one error type: each carries its HTTP status, gRPC code and optional Retry-After, and each
+front end only renders it (v2 ``{"error": ...}`` bodies, gRPC status codes)."""
 
 from __future__ import annotations
 
+import logging
+
 import grpc
+
+log = logging.getLogger(__name__)
 
 
 class InferenceError(Exception):
@@ -25,6 +30,11 @@ class BadRequest(InferenceError):
 class NotFound(InferenceError):
     http_status = 404
     grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class MethodNotAllowed(InferenceError):
+    http_status = 405
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class PayloadTooLarge(InferenceError):
@@ -62,3 +72,12 @@ class Unimplemented(InferenceError):
 
 class Internal(InferenceError):
     pass
+
+
+def as_inference_error(exc: Exception) -> InferenceError:
+    """Anything raised while serving, as the error the client sees. An unexpected exception is a
+    500 whose traceback goes to the log, never to the client."""
+    if isinstance(exc, InferenceError):
+        return exc
+    log.error("unexpected error while serving a request", exc_info=exc)
+    return Internal(f"internal error: {exc}")

@@ -8,16 +8,18 @@ Python lists.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
+from google.protobuf.internal.containers import MessageMap
 from tritonclient.grpc import service_pb2 as pb
 
-from service.errors import BadRequest, Internal, Unimplemented
-from service.tensors import NUMPY_TO_V2, V2_TO_NUMPY, deserialize_bytes, serialize_bytes
-from service.types import InferRequest, InferResponse
+from service.errors import BadRequest, Unimplemented
+from service.protocol.datatypes import numpy_dtype, serialize_bytes
+from service.protocol.request import build_request
+from service.protocol.response import output_datatype
+from service.protocol.tensors import array_from_bytes, element_count
+from service.types import Array, InferRequest, InferResponse, Parameters
 
 # Which typed ``InferTensorContents`` field carries each datatype (FP16 has none: raw only).
 CONTENTS_FIELD: dict[str, str] = {
@@ -49,16 +51,18 @@ _WIRE_DTYPE: dict[str, np.dtype] = {
 _SHARED_MEMORY = "shared_memory_region"
 
 
-def parameters_to_dict(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+def parameters_to_dict(parameters: Mapping[str, pb.InferParameter]) -> Parameters:
     """``map<string, InferParameter>`` -> plain dict (the oneof's value, or None if unset)."""
-    result: dict[str, Any] = {}
+    result: Parameters = {}
     for key, parameter in parameters.items():
         kind = parameter.WhichOneof("parameter_choice")
         result[key] = getattr(parameter, kind) if kind is not None else None
     return result
 
 
-def dict_to_parameters(values: Mapping[str, Any], target: Any) -> None:
+def dict_to_parameters(
+    values: Mapping[str, object], target: MessageMap[str, pb.InferParameter]
+) -> None:
     """Plain dict -> a protobuf ``map<string, InferParameter>`` (bool checked before int)."""
     for key, value in values.items():
         parameter = target[key]
@@ -75,43 +79,18 @@ def dict_to_parameters(values: Mapping[str, Any], target: Any) -> None:
             parameter.string_param = str(value)
 
 
-def element_count(name: str, shape: Sequence[int], limit: int) -> int:
-    """Validate a declared shape and return its element count (Python ints: no overflow)."""
-    for dim in shape:
-        if dim < 0:
-            raise BadRequest(f"input '{name}': shape {list(shape)} has a negative dimension")
-    count = math.prod(shape)
-    if count > limit:
-        raise BadRequest(
-            f"input '{name}': shape {list(shape)} has {count} elements, more than the "
-            f"limit of {limit}"
-        )
-    return count
-
-
-def decode_raw(
-    name: str, datatype: str, shape: Sequence[int], raw: bytes, limit: int
-) -> np.ndarray:
+def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes, limit: int) -> Array:
     """One ``raw_input_contents`` entry -> array of ``shape`` (a read-only view for numerics)."""
-    dtype = _dtype(name, datatype)
-    count = element_count(name, shape, limit)
-    if datatype == "BYTES":
-        return deserialize_bytes(raw, count, name).reshape(shape)
-    expected = count * dtype.itemsize
-    if len(raw) != expected:
-        raise BadRequest(
-            f"input '{name}': raw content has {len(raw)} bytes, expected {expected} "
-            f"for shape {list(shape)} of {datatype}"
-        )
-    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+    dims, count = element_count(name, shape, limit)
+    return array_from_bytes(name, datatype, dims, count, raw)
 
 
 def decode_contents(
     name: str, datatype: str, shape: Sequence[int], contents: pb.InferTensorContents, limit: int
 ) -> np.ndarray:
     """Typed ``contents`` (fp32_contents, bytes_contents, ...) -> array of ``shape``."""
-    dtype = _dtype(name, datatype)
-    count = element_count(name, shape, limit)
+    dtype = numpy_dtype(name, datatype)
+    dims, count = element_count(name, shape, limit)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise BadRequest(
@@ -131,30 +110,46 @@ def decode_contents(
     if datatype == "BYTES":
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
-        return array.reshape(shape)
+        return array.reshape(dims)
     wire = _WIRE_DTYPE[field]
     array = np.fromiter(values, dtype=wire, count=count)
     if wire != dtype:
         if dtype.kind in "iu":
-            info = np.iinfo(dtype)
+            info = np.iinfo(dtype.str)
             if count and (array.min() < info.min or array.max() > info.max):
                 raise BadRequest(
                     f"input '{name}': {field} has values outside the range of {datatype} "
                     f"[{info.min}, {info.max}]"
                 )
         array = array.astype(dtype)
-    return array.reshape(shape)
+    return array.reshape(dims)
 
 
 def decode_request(request: pb.ModelInferRequest, max_elements: int) -> InferRequest:
     """``ModelInferRequest`` -> ``InferRequest`` (raw or typed contents, parameters, outputs)."""
+    inputs, datatypes = _decode_inputs(request, max_elements)
+    parameters = parameters_to_dict(request.parameters)
+    return build_request(
+        request.model_name,
+        request.model_version,
+        inputs,
+        datatypes,
+        _decode_outputs(request),
+        request.id,
+        parameters,
+    )
+
+
+def _decode_inputs(
+    request: pb.ModelInferRequest, max_elements: int
+) -> tuple[dict[str, Array], dict[str, str]]:
     raw_contents = request.raw_input_contents
     if raw_contents and len(raw_contents) != len(request.inputs):
         raise BadRequest(
             f"request has {len(request.inputs)} inputs but {len(raw_contents)} "
             "raw_input_contents; send one raw entry per input, in input order"
         )
-    inputs: dict[str, np.ndarray] = {}
+    inputs: dict[str, Array] = {}
     datatypes: dict[str, str] = {}
     for index, tensor in enumerate(request.inputs):
         name = tensor.name
@@ -173,35 +168,25 @@ def decode_request(request: pb.ModelInferRequest, max_elements: int) -> InferReq
             array = decode_contents(name, tensor.datatype, shape, tensor.contents, max_elements)
         inputs[name] = array
         datatypes[name] = tensor.datatype
+    return inputs, datatypes
 
-    outputs: list[str] | None = None
-    if request.outputs:
-        outputs = []
-        for output in request.outputs:
-            if _SHARED_MEMORY in output.parameters:
-                raise Unimplemented(
-                    f"output '{output.name}': shared memory is not supported by this server"
-                )
-            classification = output.parameters.get("classification")
-            if classification is not None and classification.int64_param > 0:
-                raise Unimplemented(
-                    f"output '{output.name}': classification is not supported by this server"
-                )
-            outputs.append(output.name)
 
-    parameters = parameters_to_dict(request.parameters)
-    return InferRequest(
-        model_name=request.model_name,
-        model_version=request.model_version,
-        inputs=inputs,
-        datatypes=datatypes,
-        outputs=outputs,
-        id=request.id,
-        parameters=parameters,
-        priority=_int_parameter(parameters, "priority"),
-        timeout_us=_int_parameter(parameters, "timeout"),
-        use_cache=parameters.get("cache", True) is not False,
-    )
+def _decode_outputs(request: pb.ModelInferRequest) -> list[str] | None:
+    if not request.outputs:
+        return None
+    outputs: list[str] = []
+    for output in request.outputs:
+        if _SHARED_MEMORY in output.parameters:
+            raise Unimplemented(
+                f"output '{output.name}': shared memory is not supported by this server"
+            )
+        classification = output.parameters.get("classification")
+        if classification is not None and classification.int64_param > 0:
+            raise Unimplemented(
+                f"output '{output.name}': classification is not supported by this server"
+            )
+        outputs.append(output.name)
+    return outputs
 
 
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:
@@ -215,31 +200,10 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
         dict_to_parameters(response.parameters, message.parameters)
     raw = message.raw_output_contents
     for name, array in response.outputs.items():
-        datatype = NUMPY_TO_V2.get(array.dtype)
-        if datatype is None:
-            raise Internal(f"output '{name}' has dtype {array.dtype} with no v2 datatype")
+        datatype = output_datatype(name, array)
         message.outputs.add(name=name, datatype=datatype, shape=array.shape)
         if datatype == "BYTES":
             raw.append(serialize_bytes(array))
         else:
             raw.append(np.ascontiguousarray(array).tobytes())
     return message
-
-
-def _dtype(name: str, datatype: str) -> np.dtype:
-    dtype = V2_TO_NUMPY.get(datatype)
-    if dtype is None:
-        known = ", ".join(V2_TO_NUMPY)
-        raise BadRequest(f"input '{name}': unknown datatype '{datatype}' (expected one of {known})")
-    return dtype
-
-
-def _int_parameter(parameters: Mapping[str, Any], key: str) -> int:
-    value = parameters.get(key)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"parameter '{key}' must be an integer, got {value!r}")
-    if value < 0:
-        raise BadRequest(f"parameter '{key}' must not be negative, got {value}")
-    return value

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from service.errors import InferenceError
+from service.errors import as_inference_error
 from service.grpc_codec import decode_request, encode_response
 
 if TYPE_CHECKING:
@@ -100,14 +100,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryIndexResponse:
         index = await _guard(context, self._dataplane.repository_index)
         response = pb.RepositoryIndexResponse()
-        for entry in index:
-            if request.ready and entry.get("state") != "READY":
+        for row in index:
+            if request.ready and row.state != "READY":
                 continue
             response.models.add(
-                name=entry.get("name", ""),
-                version=str(entry.get("version", "")),
-                state=entry.get("state", ""),
-                reason=entry.get("reason", ""),
+                name=row.name, version=row.version, state=row.state.value, reason=row.reason
             )
         return response
 
@@ -181,11 +178,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
         try:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
-        except InferenceError as exc:
-            error = exc.message
         except Exception as exc:  # one failed request must not end the stream
-            log.exception("stream infer failed for model %s", request.model_name)
-            error = f"internal error: {exc}"
+            error = as_inference_error(exc).message
         echo = pb.ModelInferResponse(
             model_name=request.model_name, model_version=request.model_version, id=request.id
         )
@@ -224,16 +218,14 @@ async def _guard(context: Any, function: Callable[..., Any], *args: Any) -> Any:
         if inspect.isawaitable(result):
             result = await result
         return result
-    except InferenceError as exc:
-        trailing: tuple[tuple[str, str], ...] = ()
-        if exc.retry_after_s is not None:
-            trailing = (("retry-after", str(exc.retry_after_s)),)
-        await context.abort(exc.grpc_code, exc.message, trailing_metadata=trailing)
-    except (asyncio.CancelledError, grpc.aio.AbortError):
+    except grpc.aio.AbortError:
         raise
     except Exception as exc:
-        log.exception("gRPC call failed")
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        error = as_inference_error(exc)
+        trailing: tuple[tuple[str, str], ...] = ()
+        if error.retry_after_s is not None:
+            trailing = (("retry-after", str(error.retry_after_s)),)
+        await context.abort(error.grpc_code, error.message, trailing_metadata=trailing)
     raise AssertionError("unreachable: context.abort raises")
 
 

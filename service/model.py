@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from service.tensors import CONFIG_TO_V2, V2_TO_NUMPY
+from service.protocol.datatypes import CONFIG_TO_V2, V2_TO_NUMPY
+from service.stats import ModelStats
+from service.types import JsonObject
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from service.backends.base import Backend
+    from service.batching import DynamicBatcher
 
 PAD_INPUTS_PARAMETER = "infergate.pad_inputs"
+
+
+class ModelState(StrEnum):
+    """Triton's model states, as the repository index reports them."""
+
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,14 +36,16 @@ class TensorSpec:
     name: str
     datatype: str  # v2 datatype, e.g. "FP32"
     dims: tuple[int, ...]  # without the batch axis when the model batches; -1 = any size
-    dtype: np.dtype
+    dtype: np.dtype[np.generic]
 
-    def metadata(self, batch_axis: bool) -> dict[str, Any]:
+    def metadata(self, batch_axis: bool) -> JsonObject:
         shape = [-1, *self.dims] if batch_axis else list(self.dims)
         return {"name": self.name, "datatype": self.datatype, "shape": shape}
 
 
-def tensor_specs(tensors: Any) -> dict[str, TensorSpec]:
+def tensor_specs(
+    tensors: Iterable[model_config_pb2.ModelInput | model_config_pb2.ModelOutput],
+) -> dict[str, TensorSpec]:
     """ModelInput/ModelOutput protos -> specs keyed by name, in config order."""
     specs: dict[str, TensorSpec] = {}
     for tensor in tensors:
@@ -43,7 +60,8 @@ def tensor_specs(tensors: Any) -> dict[str, TensorSpec]:
 
 @dataclass(slots=True)
 class ModelVersion:
-    """A servable (model, version): config, tensor specs and the backend that runs it."""
+    """A servable (model, version): config, tensor specs, the backend that runs it, its batcher
+    (set by the data plane when the version is attached) and its statistics."""
 
     name: str
     version: str
@@ -54,8 +72,8 @@ class ModelVersion:
     output_names: list[str] = field(init=False)
     max_batch_size: int = field(init=False)
     pad_inputs: frozenset[str] = field(init=False)
-    scheduler: Any = None  # set by the data plane: its DynamicBatcher
-    stats: Any = None  # set by the data plane: its ModelStats
+    stats: ModelStats = field(init=False)
+    scheduler: DynamicBatcher = field(init=False)
 
     def __post_init__(self) -> None:
         self.inputs = tensor_specs(self.config.input)
@@ -65,12 +83,13 @@ class ModelVersion:
         parameter = self.config.parameters.get(PAD_INPUTS_PARAMETER)
         names = parameter.string_value.split(",") if parameter is not None else []
         self.pad_inputs = frozenset(n.strip() for n in names if n.strip() in self.inputs)
+        self.stats = ModelStats(self.name, self.version)
 
     @property
     def batches(self) -> bool:
         return self.max_batch_size > 0
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> JsonObject:
         """KServe v2 model metadata."""
         return {
             "name": self.name,

@@ -1,7 +1,7 @@
 """Model repository: which models exist, which versions are servable, and their lifecycle.
 
-Reads Triton's layout (``<repo>/<model>/config.pbtxt``, ``<repo>/<model>/<version>/model.onnx``)
-or asks remote Triton servers (see ``service.backends.triton``). A model that fails to load is
+Configs and backends come from a ``service.sources.ModelSource`` (a Triton layout on disk, or
+remote Triton servers); this module owns states and versions. A model that fails to load is
 UNAVAILABLE with its reason while the others keep serving; a reload swaps versions in without
 dropping in-flight requests (the old scheduler drains before its backend closes).
 """
@@ -10,119 +10,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
-
-from service.backends.base import Backend
 from service.errors import NotFound, Unavailable
-from service.model import ModelVersion
+from service.model import ModelState, ModelVersion
 from service.settings import Settings
+from service.sources import ModelSource
 
 log = logging.getLogger(__name__)
-
-
-def parse_config(path: Path) -> model_config_pb2.ModelConfig:
-    """Parse a config.pbtxt; the model name defaults to its folder name, as in Triton."""
-    config = model_config_pb2.ModelConfig()
-    text_format.Parse(path.read_text(), config)
-    if not config.name:
-        config.name = path.parent.name
-    return config
-
-
-def select_versions(policy: model_config_pb2.ModelVersionPolicy, present: list[int]) -> list[int]:
-    """Apply Triton's version_policy (default: latest 1) to the version folders present."""
-    ordered = sorted(present)
-    which = policy.WhichOneof("policy_choice")
-    if which == "all":
-        return ordered
-    if which == "specific":
-        wanted = set(policy.specific.versions)
-        return [v for v in ordered if v in wanted]
-    count = policy.latest.num_versions if which == "latest" else 1
-    return ordered[-max(count, 1) :]
-
-
-class ModelSource(ABC):
-    """Where configs and backends come from: a local folder or remote Triton servers."""
-
-    @abstractmethod
-    async def model_names(self) -> list[str]:
-        """Names of every model the source holds (loaded or not)."""
-
-    @abstractmethod
-    async def load(self, name: str) -> dict[str, tuple[model_config_pb2.ModelConfig, Backend]]:
-        """Create a backend for each servable version; raise ValueError with the reason."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Stop background work (health checks) and close connections."""
-
-
-class LocalOnnxSource(ModelSource):
-    """A Triton model repository on disk, executed by the embedded ONNX Runtime backend."""
-
-    def __init__(self, root: Path, settings: Settings) -> None:
-        self.root = root
-        self.settings = settings
-
-    async def model_names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        # dot-folders are converters' staging areas, never models
-        return sorted(
-            p.parent.name
-            for p in self.root.glob("*/config.pbtxt")
-            if not p.parent.name.startswith(".")
-        )
-
-    async def load(self, name: str) -> dict[str, tuple[model_config_pb2.ModelConfig, Backend]]:
-        return await asyncio.to_thread(self._load_sync, name)
-
-    def _load_sync(self, name: str) -> dict[str, tuple[model_config_pb2.ModelConfig, Backend]]:
-        from service.backends.onnxruntime import OnnxRuntimeBackend
-
-        folder = self.root / name
-        config_path = folder / "config.pbtxt"
-        if not config_path.is_file():
-            raise ValueError(f"no config.pbtxt in {folder}")
-        try:
-            base = parse_config(config_path)
-        except text_format.ParseError as exc:
-            raise ValueError(f"config.pbtxt does not parse: {exc}") from exc
-        if base.platform not in ("", "onnxruntime_onnx") and base.backend not in ("onnxruntime",):
-            raise ValueError(
-                f"platform '{base.platform or base.backend}' is not served by the embedded "
-                "ONNX Runtime backend (use --backend triton)"
-            )
-        filename = base.default_model_filename or "model.onnx"
-        present = [
-            int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / filename).is_file()
-        ]
-        versions = select_versions(base.version_policy, present)
-        if not versions:
-            raise ValueError(f"no version folder with {filename} matches the version policy")
-        loaded: dict[str, tuple[model_config_pb2.ModelConfig, Backend]] = {}
-        for version in versions:
-            config = model_config_pb2.ModelConfig()
-            config.CopyFrom(base)
-            backend = OnnxRuntimeBackend(folder / str(version) / filename, config, self.settings)
-            backend.complete_config(config)
-            loaded[str(version)] = (config, backend)
-        return loaded
 
 
 @dataclass(slots=True)
 class ModelEntry:
     name: str
-    state: str = "UNAVAILABLE"  # READY | UNAVAILABLE | LOADING | UNLOADING
+    state: ModelState = ModelState.UNAVAILABLE
     reason: str = ""
     versions: dict[str, ModelVersion] = field(default_factory=dict)
     default_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRow:
+    """One row of the repository index extension."""
+
+    name: str
+    state: ModelState
+    version: str = ""
+    reason: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        row = {"name": self.name, "state": self.state.value}
+        if self.version:
+            row["version"] = self.version
+        if self.reason:
+            row["reason"] = self.reason
+        return row
 
 
 SchedulerHook = Callable[[ModelVersion], None]
@@ -160,8 +83,7 @@ class ModelRepository:
         for name in names:
             await self.load(name)
         if self.settings.model_control_mode == "poll":
-            root = getattr(self.source, "root", None)
-            seen = {name: _tree_state(root / name) if root else 0 for name in self.models}
+            seen = {name: self.source.stamp(name) for name in self.models}
             self._poll_task = asyncio.create_task(self._poll(seen))
 
     async def close(self) -> None:
@@ -188,25 +110,22 @@ class ModelRepository:
 
     def ready(self) -> bool:
         return all(
-            entry.state == "READY" and any(v.backend.healthy() for v in entry.versions.values())
+            entry.state is ModelState.READY
+            and any(v.backend.healthy() for v in entry.versions.values())
             for entry in self.models.values()
         )
 
-    async def index(self) -> list[dict[str, str]]:
+    async def index(self) -> list[IndexRow]:
+        """Every model the source holds or the repository knows, a row per ready version."""
         names = set(self.models) | set(await self.source.model_names())
-        rows: list[dict[str, str]] = []
+        rows: list[IndexRow] = []
         for name in sorted(names):
             entry = self.models.get(name)
             if entry is None:
-                rows.append({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"})
+                rows.append(IndexRow(name, ModelState.UNAVAILABLE, reason="unloaded"))
                 continue
             for version in sorted(entry.versions, key=int) or [""]:
-                row = {"name": name, "state": entry.state}
-                if version:
-                    row["version"] = version
-                if entry.reason:
-                    row["reason"] = entry.reason
-                rows.append(row)
+                rows.append(IndexRow(name, entry.state, version, entry.reason))
         return rows
 
     async def load(self, name: str) -> None:
@@ -214,7 +133,7 @@ class ModelRepository:
         async with self._lock:
             entry = self.models.setdefault(name, ModelEntry(name))
             if name not in await self.source.model_names():
-                entry.state, entry.reason = "UNAVAILABLE", "not found in the repository"
+                entry.state, entry.reason = ModelState.UNAVAILABLE, "not found in the repository"
                 raise NotFound(f"model '{name}' is not in the repository")
             try:
                 loaded = await self.source.load(name)
@@ -224,7 +143,7 @@ class ModelRepository:
                 }
             except Exception as exc:
                 log.error("model %s failed to load: %s", name, exc)
-                entry.state, entry.reason = "UNAVAILABLE", str(exc)
+                entry.state, entry.reason = ModelState.UNAVAILABLE, str(exc)
                 if not entry.versions:
                     return
                 raise Unavailable(f"model '{name}' failed to reload: {exc}") from exc
@@ -232,7 +151,7 @@ class ModelRepository:
                 self._attach(model_version)
             previous, entry.versions = entry.versions, fresh
             entry.default_version = max(fresh, key=int)
-            entry.state, entry.reason = "READY", ""
+            entry.state, entry.reason = ModelState.READY, ""
             log.info("model %s ready, versions %s", name, ", ".join(sorted(fresh, key=int)))
         for old in previous.values():
             await self._detach(old)
@@ -243,19 +162,18 @@ class ModelRepository:
             if entry is None:
                 raise NotFound(f"unknown model '{name}'")
             previous, entry.versions = entry.versions, {}
-            entry.state, entry.reason = "UNAVAILABLE", "unloaded"
+            entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
         for old in previous.values():
             await self._detach(old)
 
     async def _poll(self, seen: dict[str, int]) -> None:
         """Rescan like Triton's --model-control-mode=poll: new and changed models are (re)loaded."""
-        root = getattr(self.source, "root", None)
         while True:
             await asyncio.sleep(self.settings.repository_poll_s)
             try:
                 names = await self.source.model_names()
                 for name in names:
-                    stamp = _tree_state(root / name) if root else 0
+                    stamp = self.source.stamp(name)
                     if name not in self.models or seen.get(name) != stamp:
                         await self.load(name)
                     seen[name] = stamp
@@ -264,12 +182,3 @@ class ModelRepository:
                         await self.unload(name)
             except Exception:  # a bad model must not stop polling for the rest
                 log.exception("repository poll failed")
-
-
-def _tree_state(folder: Path) -> int:
-    """Changes when any file under ``folder`` is added, removed, resized or touched."""
-    entries = []
-    for path in sorted(folder.rglob("*")):
-        stat = path.stat()
-        entries.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return hash(tuple(entries))

@@ -1,21 +1,36 @@
 """KServe v2 REST bodies <-> InferRequest/InferResponse, JSON and Triton's binary tensor extension.
 
-Kept free of any web framework so the hot path stays a few dict lookups and numpy views.
+Kept free of any web framework so the hot path stays a few dict lookups and numpy views; every
+rule about datatypes, shapes and parameters lives in ``service.protocol`` and is shared with gRPC.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
 
 from service.errors import BadRequest, PayloadTooLarge
-from service.tensors import NUMPY_TO_V2, V2_TO_NUMPY, deserialize_bytes, serialize_bytes
-from service.types import InferRequest, InferResponse
+from service.protocol.datatypes import serialize_bytes
+from service.protocol.request import build_request
+from service.protocol.response import output_datatype
+from service.protocol.tensors import array_from_bytes, array_from_values, element_count
+from service.types import Array, InferRequest, InferResponse, JsonObject
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass(slots=True)
+class OutputEncoding:
+    """How the client wants outputs back: binary for all, or per output name."""
+
+    binary_all: bool = False
+    binary: dict[str, bool] = field(default_factory=dict)
+
+    def is_binary(self, name: str) -> bool:
+        return self.binary.get(name, self.binary_all)
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -38,53 +53,33 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
-def _check_shape(name: str, shape: Any, limit: int) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
-    count = 1
-    for dim in shape:
-        count *= dim
-        if count > limit:
-            raise BadRequest(f"input '{name}': shape {shape} has more than {limit} elements")
-    return tuple(shape)
-
-
-def _from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    count = 1
-    for dim in shape:
-        count *= dim
-    if datatype == "BYTES":
-        flat = np.asarray(data, dtype=np.object_).reshape(-1)
-        if flat.size != count:
-            raise BadRequest(
-                f"input '{name}': shape {list(shape)} needs {count} elements, got {flat.size}"
-            )
-        result = np.empty(count, dtype=np.object_)
-        for index, item in enumerate(flat):
-            if isinstance(item, str):
-                result[index] = item.encode("utf-8")
-            else:
-                raise BadRequest(f"input '{name}': BYTES elements must be strings")
-        return result.reshape(shape)
-    try:
-        array = np.asarray(data, dtype=V2_TO_NUMPY[datatype])
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise BadRequest(f"input '{name}': data does not fit datatype {datatype}: {exc}") from exc
-    if array.size != count:
-        raise BadRequest(
-            f"input '{name}': shape {list(shape)} needs {count} elements, got {array.size}"
-        )
-    return array.reshape(shape)
-
-
 def decode_request(
     body: bytes,
     header_length: int | None,
     model_name: str,
     model_version: str,
     max_elements: int,
-) -> tuple[InferRequest, dict[str, Any]]:
+) -> tuple[InferRequest, OutputEncoding]:
     """Parse a v2 infer body. Returns the request and the output encoding options."""
+    header, blob = _split_body(body, header_length)
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise BadRequest("request needs a non-empty 'inputs' list")
+    inputs, datatypes = _decode_inputs(raw_inputs, blob, max_elements)
+    parameters = header.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("'parameters' must be an object")
+    outputs, encoding = _decode_outputs(header.get("outputs"))
+    encoding.binary_all = bool(parameters.get("binary_data_output", False))
+    request_id = header.get("id", "")
+    request = build_request(
+        model_name, model_version, inputs, datatypes, outputs, str(request_id), parameters
+    )
+    return request, encoding
+
+
+def _split_body(body: bytes, header_length: int | None) -> tuple[JsonObject, memoryview]:
+    """The JSON header (an object) and the binary tensor data after it."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise BadRequest(
@@ -94,118 +89,98 @@ def decode_request(
         header_bytes, blob = body[:header_length], memoryview(body)[header_length:]
     else:
         header_bytes, blob = body, memoryview(b"")
+    return parse_json_object(header_bytes), blob
+
+
+def parse_json_object(data: bytes) -> JsonObject:
+    """A request body that must be one JSON object."""
     try:
-        header = orjson.loads(header_bytes)
+        header = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON request: {exc}") from exc
     if not isinstance(header, dict):
         raise BadRequest("request body must be a JSON object")
-    raw_inputs = header.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise BadRequest("request needs a non-empty 'inputs' list")
+    return header
 
-    inputs: dict[str, np.ndarray] = {}
+
+def _decode_inputs(
+    raw_inputs: list[object], blob: memoryview, max_elements: int
+) -> tuple[dict[str, Array], dict[str, str]]:
+    inputs: dict[str, Array] = {}
     datatypes: dict[str, str] = {}
     offset = 0
     for raw in raw_inputs:
         if not isinstance(raw, dict):
             raise BadRequest("each input must be a JSON object")
         name = raw.get("name")
-        datatype = raw.get("datatype")
         if not isinstance(name, str):
             raise BadRequest("input without a 'name'")
         if name in inputs:
             raise BadRequest(f"input '{name}' appears twice")
-        if datatype not in V2_TO_NUMPY:
-            raise BadRequest(f"input '{name}': unknown datatype {datatype!r}")
-        shape = _check_shape(name, raw.get("shape"), max_elements)
-        parameters = raw.get("parameters") or {}
-        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
-        if size is not None:
-            if type(size) is not int or size < 0:
-                raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
-            if offset + size > len(blob):
-                raise BadRequest(
-                    f"input '{name}': binary_data_size {size} runs past the end of the body "
-                    f"({len(blob) - offset} bytes left)"
-                )
-            chunk = blob[offset : offset + size]
-            offset += size
-            count = 1
-            for dim in shape:
-                count *= dim
-            if datatype == "BYTES":
-                array = deserialize_bytes(chunk, count, name).reshape(shape)
-            else:
-                dtype = V2_TO_NUMPY[datatype]
-                if size != count * dtype.itemsize:
-                    raise BadRequest(
-                        f"input '{name}': {size} bytes of binary data do not match shape "
-                        f"{list(shape)} of {datatype} ({count * dtype.itemsize} bytes)"
-                    )
-                array = np.frombuffer(chunk, dtype=dtype).reshape(shape)
-        else:
-            if "data" not in raw:
-                raise BadRequest(f"input '{name}' has neither 'data' nor binary_data_size")
-            array = _from_json_data(name, datatype, shape, raw["data"])
+        datatype = raw.get("datatype")
+        array, offset = _decode_input(name, datatype, raw, blob, offset, max_elements)
         inputs[name] = array
-        datatypes[name] = datatype
+        datatypes[name] = str(datatype)
     if offset != len(blob):
         raise BadRequest(f"{len(blob) - offset} bytes of binary data belong to no input")
-
-    parameters = header.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest("'parameters' must be an object")
-    raw_outputs = header.get("outputs")
-    outputs: list[str] | None = None
-    binary_outputs: dict[str, bool] = {}
-    if raw_outputs is not None:
-        if not isinstance(raw_outputs, list):
-            raise BadRequest("'outputs' must be a list")
-        outputs = []
-        for raw in raw_outputs:
-            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-                raise BadRequest("each requested output needs a 'name'")
-            outputs.append(raw["name"])
-            out_parameters = raw.get("parameters") or {}
-            if isinstance(out_parameters, dict) and "binary_data" in out_parameters:
-                binary_outputs[raw["name"]] = bool(out_parameters["binary_data"])
-    request = InferRequest(
-        model_name=model_name,
-        model_version=model_version,
-        inputs=inputs,
-        datatypes=datatypes,
-        outputs=outputs,
-        id=str(header.get("id", "")),
-        parameters=parameters,
-        priority=_int_parameter(parameters, "priority"),
-        timeout_us=_int_parameter(parameters, "timeout"),
-        use_cache=parameters.get("cache", True) is not False,
-    )
-    encoding = {
-        "binary_all": bool(parameters.get("binary_data_output", False)),
-        "binary": binary_outputs,
-    }
-    return request, encoding
+    return inputs, datatypes
 
 
-def _int_parameter(parameters: dict[str, Any], key: str) -> int:
-    value = parameters.get(key, 0)
-    if type(value) is not int or value < 0:
-        raise BadRequest(f"parameter '{key}' must be a non-negative integer")
-    return value
+def _decode_input(
+    name: str,
+    datatype: object,
+    raw: JsonObject,
+    blob: memoryview,
+    offset: int,
+    max_elements: int,
+) -> tuple[Array, int]:
+    """One input's tensor from JSON ``data`` or its slice of the binary data."""
+    if not isinstance(datatype, str):
+        raise BadRequest(f"input '{name}': unknown datatype {datatype!r}")
+    shape, count = element_count(name, raw.get("shape"), max_elements)
+    parameters = raw.get("parameters") or {}
+    size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    if size is None:
+        if "data" not in raw:
+            raise BadRequest(f"input '{name}' has neither 'data' nor binary_data_size")
+        return array_from_values(name, datatype, shape, count, raw["data"]), offset
+    if type(size) is not int or size < 0:
+        raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
+    if offset + size > len(blob):
+        raise BadRequest(
+            f"input '{name}': binary_data_size {size} runs past the end of the body "
+            f"({len(blob) - offset} bytes left)"
+        )
+    chunk = blob[offset : offset + size]
+    return array_from_bytes(name, datatype, shape, count, chunk), offset + size
 
 
-def encode_response(response: InferResponse, encoding: dict[str, Any]) -> tuple[bytes, int | None]:
+def _decode_outputs(raw_outputs: object) -> tuple[list[str] | None, OutputEncoding]:
+    encoding = OutputEncoding()
+    if raw_outputs is None:
+        return None, encoding
+    if not isinstance(raw_outputs, list):
+        raise BadRequest("'outputs' must be a list")
+    outputs: list[str] = []
+    for raw in raw_outputs:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise BadRequest("each requested output needs a 'name'")
+        name = raw["name"]
+        outputs.append(name)
+        parameters = raw.get("parameters") or {}
+        if isinstance(parameters, dict) and "binary_data" in parameters:
+            encoding.binary[name] = bool(parameters["binary_data"])
+    return outputs, encoding
+
+
+def encode_response(response: InferResponse, encoding: OutputEncoding) -> tuple[bytes, int | None]:
     """Build the response body; returns (body, header length when binary outputs are present)."""
-    binary_all = encoding["binary_all"]
-    binary = encoding["binary"]
-    outputs: list[dict[str, Any]] = []
+    outputs: list[JsonObject] = []
     blobs: list[bytes] = []
     for name, array in response.outputs.items():
-        datatype = _datatype(array)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary.get(name, binary_all):
+        datatype = output_datatype(name, array)
+        entry: JsonObject = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if encoding.is_binary(name):
             raw = (
                 serialize_bytes(array)
                 if datatype == "BYTES"
@@ -213,17 +188,10 @@ def encode_response(response: InferResponse, encoding: dict[str, Any]) -> tuple[
             )
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
-        elif datatype == "BYTES":
-            entry["data"] = [
-                item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
-                for item in array.reshape(-1)
-            ]
-        elif datatype == "FP16":
-            entry["data"] = array.astype(np.float32).reshape(-1)
         else:
-            entry["data"] = array.reshape(-1)
+            entry["data"] = _json_data(array, datatype)
         outputs.append(entry)
-    body: dict[str, Any] = {
+    body: JsonObject = {
         "model_name": response.model_name,
         "model_version": response.model_version,
         "outputs": outputs,
@@ -236,8 +204,12 @@ def encode_response(response: InferResponse, encoding: dict[str, Any]) -> tuple[
     return b"".join([header, *blobs]), len(header)
 
 
-def _datatype(array: np.ndarray) -> str:
-    datatype = NUMPY_TO_V2.get(array.dtype)
-    if datatype is None:
-        raise BadRequest(f"output dtype {array.dtype} has no v2 datatype")
-    return datatype
+def _json_data(array: Array, datatype: str) -> object:
+    if datatype == "BYTES":
+        return [
+            item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+            for item in array.reshape(-1)
+        ]
+    if datatype == "FP16":
+        return array.astype(np.float32).reshape(-1)
+    return array.reshape(-1)

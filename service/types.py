@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
+
+#: a numpy tensor of any datatype (BYTES = an object array of ``bytes``)
+Array = np.ndarray[tuple[int, ...], np.dtype[np.generic]]
+#: named tensors, as inputs or outputs of one request or one batch
+Tensors = dict[str, Array]
+#: request/response parameters: JSON scalars (gRPC's InferParameter oneof carries the same)
+Parameters = dict[str, object]
+#: a decoded JSON object
+JsonObject = dict[str, object]
 
 
 @dataclass(slots=True)
@@ -15,11 +23,11 @@ class InferRequest:
 
     model_name: str
     model_version: str  # "" = the version the model's version policy makes default
-    inputs: dict[str, np.ndarray]
+    inputs: Tensors
     datatypes: dict[str, str]  # v2 datatype the client declared for each input
     outputs: list[str] | None = None  # requested output names; None = all
     id: str = ""
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: Parameters = field(default_factory=dict)
     priority: int = 0  # 0 = the model's default priority level
     timeout_us: int = 0  # 0 = the model's / settings' default
     use_cache: bool = True
@@ -31,6 +39,6 @@ class InferRequest:
 class InferResponse:
     model_name: str
     model_version: str
-    outputs: dict[str, np.ndarray]  # in the order the client asked for (or the model's order)
+    outputs: Tensors  # in the order the client asked for (or the model's order)
     id: str = ""
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: Parameters = field(default_factory=dict)

@@ -14,8 +14,8 @@ from tritonclient.grpc import model_config_pb2
 
 from service.backends.base import Backend
 from service.errors import BadRequest
+from service.protocol.datatypes import ORT_TO_V2, V2_TO_CONFIG
 from service.settings import Settings
-from service.tensors import ORT_TO_V2, V2_TO_CONFIG
 
 log = logging.getLogger(__name__)
 

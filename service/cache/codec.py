@@ -14,7 +14,13 @@ import numpy as np
 import xxhash
 
 from service.errors import BadRequest
-from service.tensors import NUMPY_TO_V2, V2_TO_NUMPY, deserialize_bytes, serialize_bytes
+from service.protocol.datatypes import (
+    V2_TO_NUMPY,
+    UnknownDatatype,
+    datatype_of,
+    deserialize_bytes,
+    serialize_bytes,
+)
 
 MAGIC = b"IGC"
 FORMAT = 1
@@ -52,12 +58,10 @@ class Unencodable(ValueError):
 
 
 def _datatype(array: np.ndarray) -> str:
-    if array.dtype.kind in "OSU":
-        return "BYTES"
-    datatype = NUMPY_TO_V2.get(array.dtype.newbyteorder("<"))
-    if datatype is None:
-        raise Unencodable(f"dtype {array.dtype} has no v2 datatype")
-    return datatype
+    try:
+        return datatype_of(array)
+    except UnknownDatatype as exc:
+        raise Unencodable(str(exc)) from exc
 
 
 def encode(outputs: Mapping[str, np.ndarray]) -> bytes:

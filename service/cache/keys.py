@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 import xxhash
 
-from service.tensors import NUMPY_TO_V2, V2_TO_NUMPY, serialize_bytes
+from service.protocol.datatypes import V2_TO_NUMPY, datatype_of, serialize_bytes
 from service.types import InferRequest
 
 FORMAT_VERSION = "v1"
@@ -57,17 +57,6 @@ def canonical_tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
-def _datatype_of(array: np.ndarray, declared: str | None) -> str:
-    if declared:
-        return declared
-    if array.dtype.kind in "OSU":
-        return "BYTES"
-    datatype = NUMPY_TO_V2.get(array.dtype.newbyteorder("<"))
-    if datatype is None:
-        raise ValueError(f"dtype {array.dtype} has no v2 datatype")
-    return datatype
-
-
 def output_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The request parameters that may change what the model returns."""
     return {k: v for k, v in parameters.items() if k not in TRANSPORT_PARAMETERS}
@@ -88,7 +77,7 @@ def content_hash(
     hasher.update(_U32.pack(len(inputs)))
     for name in sorted(inputs):
         array = np.asarray(inputs[name])
-        datatype = _datatype_of(array, datatypes.get(name))
+        datatype = datatypes.get(name) or datatype_of(array)
         _put_text(hasher, name)
         _put_text(hasher, datatype)
         hasher.update(_U32.pack(array.ndim))

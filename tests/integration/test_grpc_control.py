@@ -181,9 +181,9 @@ def test_decode_errors_are_precise(stub: pb_grpc.GRPCInferenceServiceStub) -> No
 
     short = mlp_request(x)
     short.raw_input_contents[0] = x.tobytes()[:-4]
-    assert assert_status(lambda: stub.ModelInfer(short), invalid, "raw content") == (
-        f"input 'x': raw content has {x.nbytes - 4} bytes, expected {x.nbytes} "
-        f"for shape [2, {FEATURES}] of FP32"
+    assert assert_status(lambda: stub.ModelInfer(short), invalid, "binary data") == (
+        f"input 'x': {x.nbytes - 4} bytes of binary data do not match shape "
+        f"[2, {FEATURES}] of FP32 ({x.nbytes} bytes)"
     )
 
     extra = mlp_request(x)

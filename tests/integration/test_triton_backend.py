@@ -22,7 +22,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from service.backends.triton import TritonSource
+from service.sources import TritonSource
 from service.errors import BadRequest
 from service.settings import Settings
 from tests.helpers import Gateway, start_gateway

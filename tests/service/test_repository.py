@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2
 
 from service.dataplane import DataPlane
 from service.errors import NotFound, Unavailable
-from service.repository import select_versions
+from service.sources import select_versions
 from service.settings import Settings
 from service.types import InferRequest
 
@@ -71,7 +71,7 @@ async def test_a_broken_model_is_unavailable_with_its_reason_and_others_serve(re
         mismatch = r"input 'input' has dims \[65\] in config.pbtxt but \[64\]"
         with pytest.raises(Unavailable, match=mismatch):
             dataplane.model_metadata("mismatched")
-        rows = {row["name"]: row for row in await dataplane.repository_index()}
+        rows = {row.name: row.to_json() for row in await dataplane.repository_index()}
         assert rows["broken"]["state"] == "UNAVAILABLE" and rows["broken"]["reason"]
         assert rows["digits_mlp"]["state"] == "READY"
         response = await dataplane.infer(digits())
@@ -154,7 +154,7 @@ async def test_explicit_mode_loads_only_the_startup_models(repo):
     try:
         assert dataplane.model_ready("cancer_gbt")
         assert not dataplane.model_ready("digits_mlp")
-        rows = {row["name"]: row for row in await dataplane.repository_index()}
+        rows = {row.name: row.to_json() for row in await dataplane.repository_index()}
         assert rows["digits_mlp"] == {
             "name": "digits_mlp",
             "state": "UNAVAILABLE",

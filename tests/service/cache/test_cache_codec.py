@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.cache import codec
-from service.tensors import V2_TO_NUMPY
+from service.protocol.datatypes import V2_TO_NUMPY
 
 RNG = np.random.default_rng(7)
 

@@ -1,0 +1,79 @@
+"""Shapes and tensor data -> numpy arrays, the same way for REST (JSON and binary) and gRPC.
+
+Every check that can be done before allocating is done first: the declared shape and its element
+count come before any data is read, so a hostile shape costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from service.errors import BadRequest
+from service.protocol.datatypes import deserialize_bytes, numpy_dtype
+from service.types import Array
+
+
+def element_count(name: str, shape: object, limit: int) -> tuple[tuple[int, ...], int]:
+    """Validate a declared shape; return it as a tuple with its element count."""
+    if not isinstance(shape, Sequence) or isinstance(shape, str | bytes):
+        raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
+    dims = list(shape)
+    if not all(type(dim) is int for dim in dims):
+        raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
+    if any(dim < 0 for dim in dims):
+        raise BadRequest(
+            f"input '{name}': shape {dims} has a negative dimension "
+            "('shape' must be a list of non-negative integers)"
+        )
+    count = math.prod(dims)
+    if count > limit:
+        raise BadRequest(
+            f"input '{name}': shape {dims} has {count} elements, more than the limit of {limit}"
+        )
+    return tuple(dims), count
+
+
+def array_from_bytes(
+    name: str, datatype: str, shape: tuple[int, ...], count: int, raw: bytes | memoryview
+) -> Array:
+    """Binary tensor data (REST binary extension, gRPC raw contents) -> a zero-copy view."""
+    dtype = numpy_dtype(name, datatype)
+    if datatype == "BYTES":
+        return deserialize_bytes(raw, count, name).reshape(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise BadRequest(
+            f"input '{name}': {len(raw)} bytes of binary data do not match shape "
+            f"{list(shape)} of {datatype} ({expected} bytes)"
+        )
+    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+
+def array_from_values(
+    name: str, datatype: str, shape: tuple[int, ...], count: int, data: object
+) -> Array:
+    """JSON tensor data (nested or flat lists) -> an array of ``shape``."""
+    dtype = numpy_dtype(name, datatype)
+    if datatype == "BYTES":
+        flat = np.asarray(data, dtype=np.object_).reshape(-1)
+        _check_count(name, shape, count, flat.size)
+        result = np.empty(count, dtype=np.object_)
+        for index, item in enumerate(flat):
+            if not isinstance(item, str):
+                raise BadRequest(f"input '{name}': BYTES elements must be strings")
+            result[index] = item.encode("utf-8")
+        return result.reshape(shape)
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRequest(f"input '{name}': data does not fit datatype {datatype}: {exc}") from exc
+    _check_count(name, shape, count, array.size)
+    return array.reshape(shape)
+
+
+def _check_count(name: str, shape: tuple[int, ...], count: int, got: int) -> None:
+    if got != count:
+        raise BadRequest(f"input '{name}': shape {list(shape)} needs {count} elements, got {got}")
