@@ -67,7 +67,8 @@ def array_from_values(
             result[index] = item.encode("utf-8")
         return result.reshape(shape)
     try:
-        array = np.asarray(data, dtype=dtype)
+        with np.errstate(over="ignore"):  # an overflow becomes Inf, which validation rejects
+            array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise BadRequest(f"input '{name}': data does not fit datatype {datatype}: {exc}") from exc
     _check_count(name, shape, count, array.size)
