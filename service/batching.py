@@ -23,15 +23,16 @@ from service.errors import BadRequest, InferenceError, Internal, Overloaded, Tim
 from service.model import ModelVersion
 from service.settings import Settings
 from service.stats import ModelStats
+from service.types import Array, Tensors
 
 log = logging.getLogger(__name__)
 
-Outputs = dict[str, np.ndarray]
+Outputs = Tensors
 
 
 @dataclass(slots=True)
 class Pending:
-    inputs: dict[str, np.ndarray]
+    inputs: Tensors
     rows: int
     signature: tuple[object, ...]
     future: asyncio.Future[Outputs]
@@ -96,7 +97,7 @@ class DynamicBatcher:
     # -- called by the data plane ---------------------------------------------------------------
     def submit(
         self,
-        inputs: dict[str, np.ndarray],
+        inputs: Tensors,
         rows: int,
         signature: tuple[object, ...],
         priority: int = 0,
@@ -265,10 +266,10 @@ class DynamicBatcher:
         queue_ns = sum(started - p.enqueued_ns for p in batch) // len(batch)
         self.stats.record_request(queue_ns, input_ns, infer_ns, output_ns, len(batch))
 
-    def _merge(self, batch: list[Pending]) -> dict[str, np.ndarray]:
+    def _merge(self, batch: list[Pending]) -> Tensors:
         if len(batch) == 1:
             return batch[0].inputs
-        merged: dict[str, np.ndarray] = {}
+        merged: Tensors = {}
         for name in batch[0].inputs:
             arrays = [pending.inputs[name] for pending in batch]
             if name in self.model.pad_inputs:
@@ -297,7 +298,7 @@ class DynamicBatcher:
             offset = end
 
 
-def _pad_to_longest(arrays: list[np.ndarray]) -> list[np.ndarray]:
+def _pad_to_longest(arrays: list[Array]) -> list[Array]:
     """Zero-pad every non-batch axis to the longest in the batch (token ids, attention masks)."""
     longest = tuple(max(sizes) for sizes in zip(*(a.shape[1:] for a in arrays)))
     padded = []

@@ -38,7 +38,7 @@ CONTENTS_FIELD: dict[str, str] = {
 }
 
 # The protobuf scalar type of each typed field; narrower datatypes are range-checked.
-_WIRE_DTYPE: dict[str, np.dtype] = {
+_WIRE_DTYPE: dict[str, np.dtype[np.generic]] = {
     "bool_contents": np.dtype(np.bool_),
     "int_contents": np.dtype(np.int32),
     "int64_contents": np.dtype(np.int64),
@@ -87,7 +87,7 @@ def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes, limit
 
 def decode_contents(
     name: str, datatype: str, shape: Sequence[int], contents: pb.InferTensorContents, limit: int
-) -> np.ndarray:
+) -> Array:
     """Typed ``contents`` (fp32_contents, bytes_contents, ...) -> array of ``shape``."""
     dtype = numpy_dtype(name, datatype)
     dims, count = element_count(name, shape, limit)

@@ -32,7 +32,7 @@ _EMPTY_FINAL = "triton_enable_empty_final_response"
 _FINAL = "triton_final_response"
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Every RPC of ``inference.GRPCInferenceService``, delegating to one ``DataPlane``."""
 
     def __init__(self, dataplane: DataPlane, settings: Settings) -> None:

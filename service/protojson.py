@@ -17,7 +17,7 @@ _INT64_TYPES = {
 
 
 def message_to_json(message: Message) -> dict[str, Any]:
-    data = json_format.MessageToDict(
+    data: dict[str, Any] = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
     _numbers(message.DESCRIPTOR, data)

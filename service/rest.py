@@ -100,7 +100,7 @@ class InferEndpoint:
             if target is not None:
                 await self._infer(scope, receive, send, *target)
                 return
-        await self.fallback(scope, receive, send)  # type: ignore[arg-type]
+        await self.fallback(scope, receive, send)
 
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-import numpy as np
+from service.types import Tensors
 
 
 class Backend(ABC):
@@ -19,9 +19,7 @@ class Backend(ABC):
     concurrency: int = 1
 
     @abstractmethod
-    async def execute(
-        self, inputs: dict[str, np.ndarray], output_names: list[str]
-    ) -> dict[str, np.ndarray]:
+    async def execute(self, inputs: Tensors, output_names: list[str]) -> Tensors:
         """Run one batch and return the requested outputs by name."""
 
     def healthy(self) -> bool:

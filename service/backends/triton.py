@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 from tritonclient.utils import np_to_triton_dtype
 
 from service.backends.base import Backend
 from service.backends.triton_replicas import Replica, ReplicaPool
+from service.types import Tensors
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class TritonBackend(Backend):
         if protocol == "grpc":
             import tritonclient.grpc.aio as client_module
         else:
-            import tritonclient.http.aio as client_module  # type: ignore[no-redef]
+            import tritonclient.http.aio as client_module
         self._client_module: Any = client_module
         self._grpc = protocol == "grpc"
         # Several batches in flight per replica keep both the network and Triton busy.
@@ -43,9 +43,7 @@ class TritonBackend(Backend):
         """Whether some healthy replica has this version READY (for model readiness)."""
         return any(r.healthy and r.serves(self.model, self.version) for r in self.pool.replicas)
 
-    def _request(
-        self, inputs: dict[str, np.ndarray], output_names: list[str]
-    ) -> tuple[list[Any], list[Any]]:
+    def _request(self, inputs: Tensors, output_names: list[str]) -> tuple[list[Any], list[Any]]:
         module = self._client_module
         infer_inputs = []
         for name, array in inputs.items():
@@ -61,9 +59,7 @@ class TritonBackend(Backend):
             outputs = [module.InferRequestedOutput(name, binary_data=True) for name in output_names]
         return infer_inputs, outputs
 
-    async def execute(
-        self, inputs: dict[str, np.ndarray], output_names: list[str]
-    ) -> dict[str, np.ndarray]:
+    async def execute(self, inputs: Tensors, output_names: list[str]) -> Tensors:
         infer_inputs, requested = self._request(inputs, output_names)
         timeout_s = self.pool.timeout_s
 

@@ -21,6 +21,7 @@ from service.protocol.datatypes import (
     deserialize_bytes,
     serialize_bytes,
 )
+from service.types import Array, Tensors
 
 MAGIC = b"IGC"
 FORMAT = 1
@@ -57,14 +58,14 @@ class Unencodable(ValueError):
     """The outputs hold something this format cannot represent; the result is not cached."""
 
 
-def _datatype(array: np.ndarray) -> str:
+def _datatype(array: Array) -> str:
     try:
         return datatype_of(array)
     except UnknownDatatype as exc:
         raise Unencodable(str(exc)) from exc
 
 
-def encode(outputs: Mapping[str, np.ndarray]) -> bytes:
+def encode(outputs: Mapping[str, Array]) -> bytes:
     """Serialize named output tensors; order is kept so hits answer in the same order."""
     parts: list[bytes] = [_HEAD.pack(MAGIC, FORMAT, len(outputs))]
     for name, value in outputs.items():
@@ -87,7 +88,7 @@ def encode(outputs: Mapping[str, np.ndarray]) -> bytes:
     return body + _SUM.pack(xxhash.xxh64_intdigest(body))
 
 
-def decode(value: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
+def decode(value: bytes | bytearray | memoryview) -> Tensors:
     """Parse an entry into writable arrays; raise :class:`CorruptEntry` on any inconsistency."""
     if len(value) < _HEAD.size + _SUM.size:
         raise CorruptEntry(f"entry of {len(value)} bytes is shorter than a header")
@@ -101,7 +102,7 @@ def decode(value: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
     magic, fmt, count = _HEAD.unpack_from(view, 0)
     if magic != MAGIC or fmt != FORMAT:
         raise CorruptEntry(f"unknown entry format {magic!r}/{fmt}")
-    outputs: dict[str, np.ndarray] = {}
+    outputs: Tensors = {}
     offset = _HEAD.size
     try:
         for _ in range(count):
@@ -128,7 +129,7 @@ def decode(value: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
 
 def _tensor(
     view: memoryview, offset: int, length: int, datatype: str, shape: tuple[int, ...], name: str
-) -> np.ndarray:
+) -> Array:
     count = math.prod(shape)
     if datatype == "BYTES":
         try:

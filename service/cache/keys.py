@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import numpy as np
 import orjson
 import xxhash
 
 from service.protocol.datatypes import V2_TO_NUMPY, datatype_of, serialize_bytes
-from service.types import InferRequest
+from service.types import Array, InferRequest
 
 FORMAT_VERSION = "v1"
 
@@ -47,7 +46,7 @@ def _put_text(hasher: xxhash.xxh3_128, text: str) -> None:
     hasher.update(raw)
 
 
-def canonical_tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
+def canonical_tensor_bytes(array: Array, datatype: str) -> bytes:
     """The bytes a model sees for ``array`` declared as ``datatype``, independent of layout."""
     if datatype == "BYTES":
         return serialize_bytes(np.asarray(array, dtype=np.object_))
@@ -57,7 +56,7 @@ def canonical_tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
-def output_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+def output_parameters(parameters: Mapping[str, object]) -> dict[str, object]:
     """The request parameters that may change what the model returns."""
     return {k: v for k, v in parameters.items() if k not in TRANSPORT_PARAMETERS}
 
@@ -65,10 +64,10 @@ def output_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
 def content_hash(
     model: str,
     version: str,
-    inputs: Mapping[str, np.ndarray],
+    inputs: Mapping[str, Array],
     datatypes: Mapping[str, str],
     output_names: Iterable[str],
-    parameters: Mapping[str, Any],
+    parameters: Mapping[str, object],
 ) -> str:
     """xxh3-128 over model, version, inputs (sorted by name), outputs and parameters."""
     hasher = xxhash.xxh3_128()

@@ -94,7 +94,7 @@ def _sentinel_client(
         if key == "db":
             kwargs["db"] = int(value)
     sentinel_kwargs = {"socket_timeout": common["socket_timeout"], "retry": common["retry"]}
-    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
     return sentinel.master_for(service)
 
 

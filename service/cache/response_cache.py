@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from service.cache import codec
 from service.cache.coalesce import Coalescer
 from service.cache.keys import request_key
@@ -20,14 +18,14 @@ from service.cache.metrics import CACHE_COALESCED, CACHE_SKIPPED
 from service.cache.redis_store import RedisStore
 from service.cache.stores import LocalStore, RateLimitedLog, Store, TieredStore
 from service.settings import Settings
-from service.types import InferRequest
+from service.types import InferRequest, Tensors
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
 
 log = logging.getLogger("infergate.cache")
 
-Outputs = dict[str, np.ndarray]
+Outputs = Tensors
 
 
 @dataclass(slots=True)
