@@ -135,14 +135,19 @@ def run_capacity(config: RunConfig) -> CapacityReport:
     return report
 
 
-def rerender(out: Path, slo_p99_ms: float | None = None) -> CapacityReport:
-    """Rebuild report and plots from ``out/report.json`` (e.g. against another SLO)."""
+def rerender(out: Path, slo_p99_ms: float | None = None) -> tuple[CapacityReport, list[Path]]:
+    """Rebuild report and plots from ``out/report.json``; returns the report and files written.
+
+    Judged against another SLO, the result goes beside the run's own report
+    (``report-slo-<N>ms.md/.json``, ``*-slo-<N>ms.png``), which stays as it was.
+    """
     from loadtest._plots import write_plots
 
     data = json.loads((out / "report.json").read_text())
+    suffix = ""
     if slo_p99_ms is not None:
         data["slo_p99_ms"] = slo_p99_ms
+        suffix = f"-slo-{slo_p99_ms:g}ms"
     report = CapacityReport.from_json(data)
-    write_report(report, out)
-    write_plots(report, out)
-    return report
+    written = write_report(report, out, f"report{suffix}") | write_plots(report, out, suffix)
+    return report, list(written.values())

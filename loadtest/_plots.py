@@ -69,8 +69,10 @@ def _capacity_axes(report: CapacityReport, throughput: Any, latency: Any) -> Non
         axes.minorticks_off()
 
 
-def write_plots(report: CapacityReport, out: Path, dpi: int = 80) -> dict[str, Path]:
-    """``timeline.png``, ``capacity.png`` and a 2x2 ``summary.png`` of both."""
+def write_plots(
+    report: CapacityReport, out: Path, suffix: str = "", dpi: int = 80
+) -> dict[str, Path]:
+    """``timeline<suffix>.png``, ``capacity<suffix>.png`` and a 2x2 ``summary<suffix>.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,7 +90,7 @@ def write_plots(report: CapacityReport, out: Path, dpi: int = 80) -> dict[str, P
             function(report, axes[row][0], axes[row][1])
         figure.suptitle(f"{report.models or 'all models'} at {report.host}", fontsize="medium")
         figure.tight_layout()
-        paths[name] = out / f"{name}.png"
+        paths[name] = out / f"{name}{suffix}.png"
         figure.savefig(paths[name], dpi=dpi)
         plt.close(figure)
     return paths

@@ -47,8 +47,13 @@ class CapacityReport:
         return cls(**{key: value for key, value in data.items() if key in fields})
 
 
-def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:g}"
+def format_ms(value: float | None) -> str:
+    """A latency in ms at a precision that fits its size: ``0.42``, ``7.15``, ``49.3``, ``1250``."""
+    if value is None:
+        return "–"
+    decimals = 0 if value >= 100 else 1 if value >= 10 else 2
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def render_markdown(report: CapacityReport) -> str:
@@ -65,7 +70,7 @@ def render_markdown(report: CapacityReport) -> str:
     else:
         lines.append(
             f"**Capacity: {best['throughput']:.1f} req/s ({best['rows_per_s']:.1f} rows/s) "
-            f"at {best['users']} users, p99 {_ms(best['p99_ms'])} ms.**"
+            f"at {best['users']} users, p99 {format_ms(best['p99_ms'])} ms.**"
         )
     lines += [
         "",
@@ -79,16 +84,17 @@ def render_markdown(report: CapacityReport) -> str:
             verdict += " (ramp)"
         lines.append(
             f"| {step['users']} | {step['seconds']:.1f} | {step['requests']} | {step['failures']} "
-            f"| {step['throughput']:.1f} | {step['rows_per_s']:.1f} | {_ms(step['p50_ms'])} "
-            f"| {_ms(step['p95_ms'])} | {_ms(step['p99_ms'])} | {verdict} |"
+            f"| {step['throughput']:.1f} | {step['rows_per_s']:.1f} | {format_ms(step['p50_ms'])} "
+            f"| {format_ms(step['p95_ms'])} | {format_ms(step['p99_ms'])} | {verdict} |"
         )
     lines.append("")
     return "\n".join(lines)
 
 
-def write_report(report: CapacityReport, out: Path) -> dict[str, Path]:
+def write_report(report: CapacityReport, out: Path, stem: str = "report") -> dict[str, Path]:
+    """``<stem>.md`` and ``<stem>.json`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / "report.md", "json": out / "report.json"}
+    paths = {"markdown": out / f"{stem}.md", "json": out / f"{stem}.json"}
     paths["markdown"].write_text(render_markdown(report))
     paths["json"].write_text(json.dumps(report.to_json(), indent=2))
     return paths

@@ -15,13 +15,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from locust import LoadTestShape
-from locust.stats import calculate_response_time_percentile
+from locust import LoadTestShape, events
 
-from loadtest import _arguments  # noqa: F401  (registers the custom options)
+from loadtest import (
+    _arguments,  # noqa: F401  (registers the custom options)
+    _latency,
+)
 from loadtest._options import parse_users
+from loadtest._report import format_ms
 
 log = logging.getLogger(__name__)
+_LATENCY_REPORT = "infergate_latency_ms"
+
+
+@events.request.add_listener
+def _record_latency(response_time: float | None = None, **_: Any) -> None:
+    _latency.record(response_time)
+
+
+@events.report_to_master.add_listener
+def _send_latency(client_id: str, data: dict[str, Any]) -> None:
+    data[_LATENCY_REPORT] = _latency.take_report()
+
+
+@events.worker_report.add_listener
+def _receive_latency(client_id: str, data: dict[str, Any]) -> None:
+    _latency.add_report(data.get(_LATENCY_REPORT, []))
 
 
 @dataclass(frozen=True)
@@ -30,16 +49,17 @@ class Snapshot:
     requests: int
     failures: int
     total_ms: float
-    response_times: dict[int, int] = field(repr=False)
+    response_times: dict[float, int] = field(repr=False)
 
     @classmethod
     def of(cls, entry: Any) -> Snapshot:
+        """Locust's totals, with this process's finer histogram (``_latency``) beside them."""
         return cls(
             time.time(),
             entry.num_requests,
             entry.num_failures,
             entry.total_response_time,
-            dict(entry.response_times),
+            dict(_latency.counts),
         )
 
 
@@ -53,19 +73,14 @@ def window(start: Snapshot, end: Snapshot) -> dict[str, Any]:
     }
     seconds = max(end.time - start.time, 1e-9)
 
-    def percentile(p: float) -> float | None:
-        if not requests:
-            return None
-        return float(calculate_response_time_percentile(histogram, requests, p))
-
     return {
         "seconds": round(seconds, 3),
         "requests": requests,
         "failures": end.failures - start.failures,
         "throughput": round(requests / seconds, 3),
-        "p50_ms": percentile(0.50),
-        "p95_ms": percentile(0.95),
-        "p99_ms": percentile(0.99),
+        "p50_ms": _latency.percentile(histogram, 0.50),
+        "p95_ms": _latency.percentile(histogram, 0.95),
+        "p99_ms": _latency.percentile(histogram, 0.99),
         "avg_ms": round((end.total_ms - start.total_ms) / requests, 3) if requests else None,
     }
 
@@ -138,8 +153,8 @@ class StepLoadShape(LoadTestShape):
                 "users %4d  %8.1f req/s  p50 %s  p95 %s  p99 %s ms  failures %d",
                 step["users"],
                 step["throughput"],
-                step["p50_ms"],
-                step["p95_ms"],
-                step["p99_ms"],
+                format_ms(step["p50_ms"]),
+                format_ms(step["p95_ms"]),
+                format_ms(step["p99_ms"]),
                 step["failures"],
             )

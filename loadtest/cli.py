@@ -16,6 +16,7 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command()
 def run(
+    ctx: typer.Context,
     host: Annotated[
         str, typer.Option(help="Base URL of a KServe v2 server, e.g. http://gpu1:8000")
     ],
@@ -46,6 +47,8 @@ def run(
 
     Exit status: 0 with a capacity, 1 when no step met the SLO, 2 when Locust could not run.
     """
+    from dataclasses import fields
+
     from rich.console import Console
     from rich.markdown import Markdown
 
@@ -56,23 +59,14 @@ def run(
         steps = user_steps(users, max_users, step)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-    config = RunConfig(
-        host=host,
-        users=steps,
-        out=out,
-        duration=duration,
-        spawn_rate=spawn_rate,
-        slo_p99_ms=slo_p99_ms,
-        max_failure_ratio=max_failure_ratio,
-        model=model,
-        user_classes=user_class or ["RestJsonUser"],
-        rows=rows,
-        protocol=protocol,
-        grpc_host=grpc_host,
-        model_repo=model_repo,
-        check_fraction=check_fraction,
-        locust_args=locust_arg or [],
-    )
+    # The options carry RunConfig's field names; only these three change shape on the way.
+    given = {
+        **ctx.params,
+        "users": steps,
+        "user_classes": user_class or ["RestJsonUser"],
+        "locust_args": locust_arg or [],
+    }
+    config = RunConfig(**{field.name: given[field.name] for field in fields(RunConfig)})
     console = Console()
     console.print(f"Locust: {len(steps)} steps {steps} x {duration:g}s against {host} ...")
     try:
@@ -89,10 +83,15 @@ def run(
 @app.command()
 def report(
     out: Annotated[Path, typer.Argument(help="Directory of a previous run")],
-    slo_p99_ms: Annotated[float | None, typer.Option(help="Judge against another SLO")] = None,
+    slo_p99_ms: Annotated[
+        float | None,
+        typer.Option(help="Judge against another SLO (written beside: report-slo-<N>ms.md)"),
+    ] = None,
 ) -> None:
-    """Re-render report.md/.json and the plots of a previous run."""
+    """Re-render report.md/.json and the plots of a previous run, or judge it by another SLO."""
     from loadtest._capacity import rerender
     from loadtest._report import render_markdown
 
-    typer.echo(render_markdown(rerender(out, slo_p99_ms)))
+    result, written = rerender(out, slo_p99_ms)
+    typer.echo(render_markdown(result))
+    typer.echo("Written: " + ", ".join(path.name for path in written))

@@ -6,6 +6,8 @@ Inputs come from each model's metadata, so a new model needs no code:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from locust import FastHttpUser, tag, task
 
 from loadtest._base import InferenceMixin
@@ -18,28 +20,28 @@ class _RestUser(InferenceMixin, FastHttpUser):
     def on_start(self) -> None:
         self.setup_inference(self.client)
 
-    def infer_random(self) -> None:
-        spec = self.pick_spec()
-        self.infer(spec, make_inputs(spec, self.options.rows, self.options.seq_len, self.rng))
+
+def _infer_task(*tags: str) -> Callable[[_RestUser], None]:
+    """A fresh task per class, so each class's task carries its own tags."""
+
+    @tag("rest", *tags)
+    @task
+    def infer_random(user: _RestUser) -> None:
+        spec = user.pick_spec()
+        user.infer(spec, make_inputs(spec, user.options.rows, user.options.seq_len, user.rng))
+
+    return infer_random
 
 
 class RestJsonUser(_RestUser):
     """Random inputs as KServe v2 JSON (``"data": [...]``)."""
 
     protocol = "json"
-
-    @tag("rest", "json")
-    @task
-    def infer_json(self) -> None:
-        self.infer_random()
+    infer_json = _infer_task("json")
 
 
 class RestBinaryUser(_RestUser):
     """Random inputs as raw tensors after the JSON header (Triton's binary extension)."""
 
     protocol = "binary"
-
-    @tag("rest", "binary")
-    @task
-    def infer_binary(self) -> None:
-        self.infer_random()
+    infer_binary = _infer_task("binary")

@@ -15,66 +15,107 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFERGATE_", extra="ignore")
 
     # --- serving -----------------------------------------------------------------------------
-    model_repo: Path = Path("model_repo")
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = Field(8001, description="0 disables the gRPC front end")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_json: bool = False
+    model_repo: Path = Field(
+        default=Path("model_repo"), description="Triton model repository to serve"
+    )
+    host: str = Field(default="127.0.0.1", description="bind address of the REST and gRPC servers")
+    http_port: int = Field(default=8000, description="REST (KServe v2) port")
+    grpc_port: int = Field(default=8001, description="0 disables the gRPC front end")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="least severe log level written"
+    )
+    log_json: bool = Field(
+        default=False, description="one JSON object per log line instead of text"
+    )
 
     # --- backends ----------------------------------------------------------------------------
-    backend: Literal["onnxruntime", "triton"] = "onnxruntime"
-    triton_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    triton_protocol: Literal["grpc", "http"] = "grpc"
-    triton_health_interval_s: float = 1.0
-    triton_timeout_s: float = Field(30.0, description="per-batch timeout for a Triton call")
+    backend: Literal["onnxruntime", "triton"] = Field(
+        default="onnxruntime", description="embedded ONNX Runtime, or remote Triton replicas"
+    )
+    triton_url: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="HOST:PORT of each Triton replica (backend triton)"
+    )
+    triton_protocol: Literal["grpc", "http"] = Field(
+        default="grpc", description="protocol the gateway speaks to Triton"
+    )
+    triton_health_interval_s: float = Field(
+        default=1.0, description="seconds between health checks of each Triton replica"
+    )
+    triton_timeout_s: float = Field(default=30.0, description="per-batch timeout for a Triton call")
     triton_startup_wait_s: float = Field(
-        30.0, description="how long startup waits for the first healthy Triton replica"
+        default=30.0, description="how long startup waits for the first healthy Triton replica"
     )
     execution_providers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="ONNX Runtime providers in order; empty = TensorRT/CUDA when present, else CPU",
     )
-    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads; 0 = ORT default")
-    inter_op_threads: int = 1
+    intra_op_threads: int = Field(
+        default=0, description="ONNX Runtime intra-op threads; 0 = ORT default"
+    )
+    inter_op_threads: int = Field(default=1, description="ONNX Runtime inter-op threads")
 
     # --- model repository --------------------------------------------------------------------
-    model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        default="none",
+        description="Triton's model control: load all once, poll the repository, or API",
+    )
     startup_models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"],
-        description="explicit mode: models loaded at startup ('*' = all), like --load-model",
+        description="explicit mode: models loaded at startup ('*' = all)",
     )
-    repository_poll_s: float = 15.0
+    repository_poll_s: float = Field(
+        default=15.0, description="poll mode: seconds between repository scans"
+    )
 
     # --- batching and admission --------------------------------------------------------------
-    batching: bool = True
+    batching: bool = Field(
+        default=True, description="dynamic batching where config.pbtxt enables it; off = one by one"
+    )
     max_queue_size: int = Field(
-        2048, description="requests waiting per model when config.pbtxt sets no queue policy"
+        default=2048,
+        description="requests waiting per model when config.pbtxt sets no queue policy",
     )
     default_timeout_ms: float = Field(
-        0, description="queue timeout when neither config nor request sets one; 0 = none"
+        default=0, description="queue timeout when neither config nor request sets one; 0 = none"
     )
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024, description="largest REST request body accepted (413 above)"
+    )
     max_tensor_elements: int = Field(
-        1 << 26, description="upper bound on elements of any one input tensor"
+        default=1 << 26, description="upper bound on elements of any one input tensor"
     )
-    grpc_max_message_bytes: int = 64 * 1024 * 1024
-    retry_after_s: int = 1
+    grpc_max_message_bytes: int = Field(
+        default=64 * 1024 * 1024, description="largest gRPC message received or sent"
+    )
+    retry_after_s: int = Field(
+        default=1, description="Retry-After seconds sent with a 503 when queues are full"
+    )
 
     # --- cache -------------------------------------------------------------------------------
-    redis_url: str | None = None
+    redis_url: str | None = Field(
+        default=None, description="Redis for the shared result cache, e.g. redis://redis:6379/0"
+    )
     cache_enabled: bool | None = Field(
-        None, description="None = follow each model's response_cache; True/False force it"
+        default=None,
+        description="force the result cache on or off; unset = each model's response_cache",
     )
-    cache_ttl_s: float = 3600.0
-    cache_max_entry_bytes: int = 4 * 1024 * 1024
-    cache_local_bytes: int = 128 * 1024 * 1024
+    cache_ttl_s: float = Field(default=3600.0, description="seconds a cached result lives")
+    cache_max_entry_bytes: int = Field(
+        default=4 * 1024 * 1024, description="larger results are not cached"
+    )
+    cache_local_bytes: int = Field(
+        default=128 * 1024 * 1024, description="size of the in-process LRU cache"
+    )
     cache_local_tier: bool = Field(
-        False, description="with Redis: also keep hits in the in-process LRU in front of it"
+        default=False, description="with Redis: also keep hits in the in-process LRU in front of it"
     )
-    cache_namespace: str = "infergate"
-    cache_redis_timeout_ms: float = 50.0
-    cache_breaker_reset_s: float = 2.0
+    cache_namespace: str = Field(default="infergate", description="prefix of every Redis key")
+    cache_redis_timeout_ms: float = Field(
+        default=50.0, description="Redis call timeout; slower calls count as misses"
+    )
+    cache_breaker_reset_s: float = Field(
+        default=2.0, description="after Redis fails, seconds before it is tried again"
+    )
 
     @field_validator("triton_url", "execution_providers", "startup_models", mode="before")
     @classmethod

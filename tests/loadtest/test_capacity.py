@@ -49,7 +49,8 @@ def test_capacity_runner_writes_report_and_plots(tiny_gateway: Gateway, tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert "no step met the SLO" in result.stdout
-    assert json.loads((out / "report.json").read_text())["capacity"] is None
+    assert json.loads((out / "report-slo-0.001ms.json").read_text())["capacity"] is None
+    assert json.loads((out / "report.json").read_text()) == report  # the run's own, untouched
 
 
 def test_unreachable_host_fails_clearly(tmp_path: Path) -> None:
