@@ -11,10 +11,20 @@ log = logging.getLogger(__name__)
 
 
 class InferenceError(Exception):
-    """A failure with a message meant for the client."""
+    """A failure with a message meant for the client. Subclasses name their HTTP status and gRPC
+    code in the class statement: ``class NotFound(InferenceError, http=404, grpc_code=...)``."""
 
     http_status = 500
     grpc_code = grpc.StatusCode.INTERNAL
+
+    def __init_subclass__(
+        cls, http: int | None = None, grpc_code: grpc.StatusCode | None = None
+    ) -> None:
+        super().__init_subclass__()
+        if http is not None:
+            cls.http_status = http
+        if grpc_code is not None:
+            cls.grpc_code = grpc_code
 
     def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
@@ -22,56 +32,40 @@ class InferenceError(Exception):
         self.retry_after_s = retry_after_s
 
 
-class BadRequest(InferenceError):
-    http_status = 400
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+class BadRequest(InferenceError, http=400, grpc_code=grpc.StatusCode.INVALID_ARGUMENT):
+    """The request cannot be served as sent."""
 
 
-class NotFound(InferenceError):
-    http_status = 404
-    grpc_code = grpc.StatusCode.NOT_FOUND
+class NotFound(InferenceError, http=404, grpc_code=grpc.StatusCode.NOT_FOUND):
+    """Unknown model, version or endpoint."""
 
 
-class MethodNotAllowed(InferenceError):
-    http_status = 405
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+class MethodNotAllowed(InferenceError, http=405, grpc_code=grpc.StatusCode.UNIMPLEMENTED):
+    """A known endpoint asked with the wrong HTTP method."""
 
 
-class PayloadTooLarge(InferenceError):
-    http_status = 413
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+class PayloadTooLarge(InferenceError, http=413, grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED):
+    """The body (or its inflated form) is over the configured limit."""
 
 
-class Unavailable(InferenceError):
+class Unavailable(InferenceError, http=503, grpc_code=grpc.StatusCode.UNAVAILABLE):
     """Model not ready or no healthy backend replica."""
 
-    http_status = 503
-    grpc_code = grpc.StatusCode.UNAVAILABLE
 
-
-class Overloaded(InferenceError):
+class Overloaded(InferenceError, http=503, grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED):
     """Queue full: the client should back off and retry."""
 
-    http_status = 503
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-
-class Timeout(InferenceError):
+class Timeout(InferenceError, http=504, grpc_code=grpc.StatusCode.DEADLINE_EXCEEDED):
     """The request's queue/compute timeout expired before it ran."""
 
-    http_status = 504
-    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
-
-class Unimplemented(InferenceError):
+class Unimplemented(InferenceError, http=501, grpc_code=grpc.StatusCode.UNIMPLEMENTED):
     """A protocol feature the gateway does not offer (shared memory, classification...)."""
-
-    http_status = 501
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class Internal(InferenceError):
-    pass
+    """A fault of the server's own (500 / INTERNAL)."""
 
 
 def as_inference_error(exc: Exception) -> InferenceError:

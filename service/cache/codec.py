@@ -15,6 +15,7 @@ import xxhash
 
 from service.errors import BadRequest
 from service.protocol.datatypes import (
+    V2_DATATYPES,
     V2_TO_NUMPY,
     UnknownDatatype,
     datatype_of,
@@ -25,21 +26,9 @@ from service.types import Array, Tensors
 
 MAGIC = b"IGC"
 FORMAT = 1
-DATATYPES: tuple[str, ...] = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-)
+# A datatype is stored as its index here: the order is part of the format (bump FORMAT if it
+# ever changes).
+DATATYPES: tuple[str, ...] = V2_DATATYPES
 _CODE = {name: code for code, name in enumerate(DATATYPES)}
 
 _HEAD = struct.Struct("<3sBI")  # magic, format, tensor count
