@@ -49,7 +49,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: Any
     ) -> pb.ModelReadyResponse:
-        ready = await _guard(context, self._dataplane.model_ready, request.name, request.version)
+        ready = await _guard(context, self._dataplane.model_ready, *_target(request))
         return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
@@ -63,36 +63,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
-        metadata = await _guard(
-            context,
-            self._dataplane.model_metadata,
-            request.name,
-            request.version,
-        )
-        return json_format.ParseDict(
-            metadata, pb.ModelMetadataResponse(), ignore_unknown_fields=True
-        )
+        metadata = await _guard(context, self._dataplane.model_metadata, *_target(request))
+        return _from_json(metadata, pb.ModelMetadataResponse())
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Any
     ) -> pb.ModelConfigResponse:
-        config = await _guard(context, self._dataplane.model_config, request.name, request.version)
-        response = pb.ModelConfigResponse()
-        response.config.CopyFrom(config)
-        return response
+        config = await _guard(context, self._dataplane.model_config, *_target(request))
+        return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Any
     ) -> pb.ModelStatisticsResponse:
-        stats = await _guard(
-            context,
-            self._dataplane.model_statistics,
-            request.name,
-            request.version,
-        )
-        return json_format.ParseDict(
-            stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True
-        )
+        stats = await _guard(context, self._dataplane.model_statistics, *_target(request))
+        return _from_json(stats, pb.ModelStatisticsResponse())
 
     # --- repository ---------------------------------------------------------------------
     async def RepositoryIndex(
@@ -209,6 +193,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def LogSettings(self, request: Any, context: Any) -> Any:
         await _unimplemented(context, "log settings")
+
+
+def _target(request: Any) -> tuple[str, str]:
+    """(model name, version) of a per-model request."""
+    return str(request.name), str(request.version)
+
+
+def _from_json(data: object, message: Any) -> Any:
+    """The data plane's JSON form of a reply -> its protobuf message (unknown fields skipped)."""
+    return json_format.ParseDict(data, message, ignore_unknown_fields=True)
 
 
 async def _guard(context: Any, function: Callable[..., Any], *args: Any) -> Any:
