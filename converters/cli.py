@@ -1,42 +1,35 @@
 """``infergate convert``: export trained models into a Triton repository, proving parity first.
 
-Heavy frameworks are imported inside the commands, so ``infergate --help`` stays fast.
+Heavy frameworks are imported inside the commands, so ``infergate --help`` stays fast. The options
+shared by the export commands are declared once, as flag groups in :mod:`converters.cli_common`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from converters.cli_common import (
-    Atol,
-    Cache,
-    Embedding,
-    Fp16,
     InNames,
-    Instances,
-    MaxBatch,
-    MinCos,
-    Name,
-    Optimize,
+    NetworkFlags,
+    OnnxFlags,
     OutNames,
-    Pad,
-    Policy,
-    Preferred,
-    Quantize,
-    QueueDelay,
     Repo,
-    Rtol,
-    Samples,
-    Version,
+    TargetFlags,
+    export_command,
     guard,
     out,
     print_rows,
     publish_options,
     reporter,
 )
+
+if TYPE_CHECKING:
+    from converters.options import PublishOptions
+    from converters.pipeline import Exported
+    from converters.progress import Reporter
 
 app = typer.Typer(
     help="Export trained models to ONNX/TensorRT in a Triton model repository.",
@@ -49,220 +42,134 @@ def _finish(result: dict[str, Any]) -> None:
     out.print(f"wrote {result['path']}", markup=False)
 
 
+def _publish(exported: Exported, options: PublishOptions, progress: Reporter) -> None:
+    from converters.pipeline import convert
+
+    _finish(convert(exported, options, progress))
+
+
 @app.command()
+@export_command
 def pytorch(
     model: Annotated[str, typer.Argument(help="package.module:factory, or a TorchScript file.")],
-    name: Name,
+    target: TargetFlags,
     input: Annotated[list[str], typer.Option("--input", help="name:dims[:dtype]; -1 = dynamic.")],
-    repo: Repo = Path("model_repo"),
+    onnx: OnnxFlags,
+    network: NetworkFlags,
     output: Annotated[list[str] | None, typer.Option("--output", help="Output names.")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="state_dict file.")] = None,
     legacy: Annotated[bool, typer.Option("--legacy", help="Skip the dynamo exporter.")] = False,
-    version: Version = None,
-    max_batch_size: MaxBatch = 64,
-    preferred_batch_size: Preferred = None,
-    max_queue_delay_us: QueueDelay = 1000,
-    instances: Instances = 1,
-    response_cache: Cache = False,
-    pad_inputs: Pad = None,
-    optimize: Optimize = False,
-    quantize: Quantize = None,
-    fp16: Fp16 = False,
-    samples: Samples = None,
-    atol: Atol = None,
-    rtol: Rtol = None,
-    min_cosine: MinCos = None,
-    embedding_output: Embedding = None,
-    version_policy: Policy = "all",
 ) -> None:
     """Export a PyTorch nn.Module (dynamo exporter, legacy fallback) and publish it."""
-    args = dict(locals())
+    from converters.pytorch import InputSpec, export_pytorch, load_module
 
-    def run() -> None:
-        from converters.pipeline import convert
-        from converters.pytorch import InputSpec, export_pytorch, load_module
-
-        opts = publish_options(args)
-        specs = [InputSpec.parse(text) for text in input]
-        progress = reporter()
-        with progress.step("loading the PyTorch model"):
-            module = load_module(model, weights)
-        exported = export_pytorch(
-            module,
-            specs,
-            output or [],
-            dynamo=not legacy,
-            embedding_outputs=embedding_output,
-            reporter=progress,
-        )
-        _finish(convert(exported, opts, progress))
-
-    guard(run)
+    options = publish_options(target, onnx, network)
+    specs = [InputSpec.parse(text) for text in input]
+    progress = reporter()
+    with progress.step("loading the PyTorch model"):
+        module = load_module(model, weights)
+    exported = export_pytorch(
+        module,
+        specs,
+        output or [],
+        dynamo=not legacy,
+        embedding_outputs=network.embedding_output,
+        reporter=progress,
+    )
+    _publish(exported, options, progress)
 
 
 @app.command()
+@export_command
 def sklearn(
     model: Annotated[Path, typer.Argument(help="Pickled or joblib estimator/pipeline.")],
-    name: Name,
-    repo: Repo = Path("model_repo"),
+    target: TargetFlags,
+    onnx: OnnxFlags,
     n_features: Annotated[int | None, typer.Option("--n-features")] = None,
     label: Annotated[bool, typer.Option("--label", help="Also output the label.")] = False,
-    version: Version = None,
-    max_batch_size: MaxBatch = 64,
-    preferred_batch_size: Preferred = None,
-    max_queue_delay_us: QueueDelay = 1000,
-    instances: Instances = 1,
-    response_cache: Cache = False,
-    optimize: Optimize = False,
-    samples: Samples = None,
-    atol: Atol = None,
-    rtol: Rtol = None,
-    version_policy: Policy = "all",
 ) -> None:
     """Convert a scikit-learn estimator or pipeline (skl2onnx; probabilities as a tensor)."""
-    args = dict(locals())
+    from converters.sklearn import export_sklearn, load_estimator
 
-    def run() -> None:
-        from converters.pipeline import convert
-        from converters.sklearn import export_sklearn, load_estimator
-
-        opts = publish_options(args)
-        progress = reporter()
-        with progress.step("loading and converting the estimator (skl2onnx)"):
-            exported = export_sklearn(
-                load_estimator(model), n_features=n_features, keep_label=label
-            )
-        _finish(convert(exported, opts, progress))
-
-    guard(run)
+    options = publish_options(target, onnx)
+    progress = reporter()
+    with progress.step("loading the estimator"):
+        estimator = load_estimator(model)
+    exported = export_sklearn(estimator, n_features=n_features, keep_label=label, reporter=progress)
+    _publish(exported, options, progress)
 
 
 @app.command()
+@export_command
 def keras(
     model: Annotated[Path, typer.Argument(help="A .keras file (loaded with KERAS_BACKEND=torch).")],
-    name: Name,
-    repo: Repo = Path("model_repo"),
+    target: TargetFlags,
+    onnx: OnnxFlags,
+    network: NetworkFlags,
     input_name: InNames = None,
     output_name: OutNames = None,
-    version: Version = None,
-    max_batch_size: MaxBatch = 64,
-    preferred_batch_size: Preferred = None,
-    max_queue_delay_us: QueueDelay = 1000,
-    instances: Instances = 1,
-    response_cache: Cache = False,
-    pad_inputs: Pad = None,
-    optimize: Optimize = False,
-    quantize: Quantize = None,
-    fp16: Fp16 = False,
-    samples: Samples = None,
-    atol: Atol = None,
-    rtol: Rtol = None,
-    min_cosine: MinCos = None,
-    embedding_output: Embedding = None,
-    version_policy: Policy = "all",
 ) -> None:
     """Export a Keras 3 model (torch backend; TensorFlow models need tf2onnx) and publish it."""
-    args = dict(locals())
+    from converters.keras import export_keras, load_keras
 
-    def run() -> None:
-        from converters.keras import export_keras, load_keras
-        from converters.pipeline import convert
-
-        opts = publish_options(args)
-        progress = reporter()
-        with progress.step("loading and exporting the Keras model"):
-            exported = export_keras(
-                load_keras(model), input_names=input_name, output_names=output_name
-            )
-        exported.embedding_outputs = embedding_output or []
-        _finish(convert(exported, opts, progress))
-
-    guard(run)
+    options = publish_options(target, onnx, network)
+    progress = reporter()
+    with progress.step("loading the Keras model"):
+        loaded = load_keras(model)
+    exported = export_keras(
+        loaded, input_names=input_name, output_names=output_name, reporter=progress
+    )
+    exported.embedding_outputs = network.embedding_output or []
+    _publish(exported, options, progress)
 
 
 @app.command("onnx")
+@export_command
 def onnx_command(
     model: Annotated[Path, typer.Argument(help="An existing .onnx file.")],
-    name: Name,
-    repo: Repo = Path("model_repo"),
+    target: TargetFlags,
+    onnx: OnnxFlags,
+    network: NetworkFlags,
     input_name: InNames = None,
     output_name: OutNames = None,
-    version: Version = None,
-    max_batch_size: MaxBatch = 64,
-    preferred_batch_size: Preferred = None,
-    max_queue_delay_us: QueueDelay = 1000,
-    instances: Instances = 1,
-    response_cache: Cache = False,
-    pad_inputs: Pad = None,
-    optimize: Optimize = False,
-    quantize: Quantize = None,
-    fp16: Fp16 = False,
-    samples: Samples = None,
-    atol: Atol = None,
-    rtol: Rtol = None,
-    min_cosine: MinCos = None,
-    embedding_output: Embedding = None,
-    version_policy: Policy = "all",
 ) -> None:
     """Check (onnx.checker + shape inference), optionally transform, and publish an ONNX file."""
-    args = dict(locals())
+    from converters.onnx_model import import_onnx
 
-    def run() -> None:
-        from converters.onnx_model import import_onnx
-        from converters.pipeline import convert
-
-        opts = publish_options(args)
-        progress = reporter()
-        with progress.step("checking the ONNX model"):
-            exported = import_onnx(
-                model, input_names=input_name, output_names=output_name, batched=max_batch_size > 0
-            )
-        exported.embedding_outputs = embedding_output or []
-        _finish(convert(exported, opts, progress))
-
-    guard(run)
+    options = publish_options(target, onnx, network)
+    progress = reporter()
+    with progress.step("checking the ONNX model"):
+        exported = import_onnx(
+            model,
+            input_names=input_name,
+            output_names=output_name,
+            batched=target.max_batch_size > 0,
+        )
+    exported.embedding_outputs = network.embedding_output or []
+    _publish(exported, options, progress)
 
 
 @app.command()
+@export_command
 def tensorrt(
     model: Annotated[Path, typer.Argument(help="ONNX file to build an engine from.")],
-    name: Name,
-    repo: Repo = Path("model_repo"),
-    version: Version = None,
-    max_batch_size: MaxBatch = 64,
-    preferred_batch_size: Preferred = None,
-    max_queue_delay_us: QueueDelay = 1000,
-    instances: Instances = 1,
+    target: TargetFlags,
     fp16: Annotated[bool, typer.Option("--fp16")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Needs a Q/DQ-quantised graph.")] = False,
     workspace_gib: Annotated[float, typer.Option("--workspace-gib")] = 2.0,
 ) -> None:
     """Build a TensorRT engine (model.plan, tensorrt_plan); needs tensorrt and a CUDA GPU."""
+    from converters.tensorrt import build_tensorrt
 
-    def run() -> None:
-        from converters.tensorrt import build_tensorrt
-        from converters.triton_config import ConfigOptions
-
-        config = ConfigOptions(
-            max_batch_size=max_batch_size,
-            preferred_batch_sizes=preferred_batch_size or None,
-            max_queue_delay_us=max_queue_delay_us,
-            instances=instances,
-        )
-        result = build_tensorrt(
-            model,
-            repo,
-            name,
-            version=version,
-            config_options=config,
-            fp16=fp16,
-            int8=int8,
-            workspace_gib=workspace_gib,
-            reporter=reporter(),
-        )
-        _finish(result)
-
-    guard(run)
+    result = build_tensorrt(
+        model,
+        target.publish_options(),
+        fp16=fp16,
+        int8=int8,
+        workspace_gib=workspace_gib,
+        reporter=reporter(),
+    )
+    _finish(result)
 
 
 @app.command()
