@@ -1,33 +1,28 @@
 """``infergate convert``: export trained models into a Triton repository, proving parity first.
 
 Heavy frameworks are imported inside the commands, so ``infergate --help`` stays fast. The options
-shared by the export commands are declared once, as flag groups in :mod:`converters.cli_common`.
+shared by the export commands are declared once, as flag groups in :mod:`converters.cli_flags`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from converters.cli_common import (
-    InNames,
-    NetworkFlags,
+from converters.cli_common import guard, out, print_rows, reporter
+from converters.cli_flags import (
+    NETWORK_ONLY,
     OnnxFlags,
-    OutNames,
+    RenameFlags,
     Repo,
     TargetFlags,
     export_command,
-    guard,
-    out,
-    print_rows,
-    publish_options,
-    reporter,
 )
 
 if TYPE_CHECKING:
-    from converters.options import PublishOptions
     from converters.pipeline import Exported
     from converters.progress import Reporter
 
@@ -36,26 +31,37 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+TorchModel = Annotated[str, typer.Argument(help="package.module:factory, or a TorchScript file.")]
+SklearnFile = Annotated[Path, typer.Argument(help="Pickled or joblib estimator/pipeline.")]
+KerasFile = Annotated[Path, typer.Argument(help="A .keras file (loaded with KERAS_BACKEND=torch).")]
+OnnxFile = Annotated[Path, typer.Argument(help="An existing .onnx file.")]
+EngineSource = Annotated[Path, typer.Argument(help="ONNX file to build an engine from.")]
+
 
 def _finish(result: dict[str, Any]) -> None:
     print_rows([result], "published")
     out.print(f"wrote {result['path']}", markup=False)
 
 
-def _publish(exported: Exported, options: PublishOptions, progress: Reporter) -> None:
+def _publish(export: Callable[[Reporter], Exported], target: TargetFlags, onnx: OnnxFlags) -> None:
+    """Options are checked before the (slow) export; then export, prove parity, publish."""
     from converters.pipeline import convert
 
+    options = onnx.publish_options(target)
+    progress = reporter()
+    exported = export(progress)
+    if onnx.embedding_output:
+        exported.embedding_outputs = onnx.embedding_output
     _finish(convert(exported, options, progress))
 
 
 @app.command()
-@export_command
+@export_command()
 def pytorch(
-    model: Annotated[str, typer.Argument(help="package.module:factory, or a TorchScript file.")],
+    model: TorchModel,
     target: TargetFlags,
     input: Annotated[list[str], typer.Option("--input", help="name:dims[:dtype]; -1 = dynamic.")],
     onnx: OnnxFlags,
-    network: NetworkFlags,
     output: Annotated[list[str] | None, typer.Option("--output", help="Output names.")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="state_dict file.")] = None,
     legacy: Annotated[bool, typer.Option("--legacy", help="Skip the dynamo exporter.")] = False,
@@ -63,26 +69,20 @@ def pytorch(
     """Export a PyTorch nn.Module (dynamo exporter, legacy fallback) and publish it."""
     from converters.pytorch import InputSpec, export_pytorch, load_module
 
-    options = publish_options(target, onnx, network)
     specs = [InputSpec.parse(text) for text in input]
-    progress = reporter()
-    with progress.step("loading the PyTorch model"):
-        module = load_module(model, weights)
-    exported = export_pytorch(
-        module,
-        specs,
-        output or [],
-        dynamo=not legacy,
-        embedding_outputs=network.embedding_output,
-        reporter=progress,
-    )
-    _publish(exported, options, progress)
+
+    def export(progress: Reporter) -> Exported:
+        with progress.step("loading the PyTorch model"):
+            module = load_module(model, weights)
+        return export_pytorch(module, specs, output or [], dynamo=not legacy, reporter=progress)
+
+    _publish(export, target, onnx)
 
 
 @app.command()
-@export_command
+@export_command(without=NETWORK_ONLY)
 def sklearn(
-    model: Annotated[Path, typer.Argument(help="Pickled or joblib estimator/pipeline.")],
+    model: SklearnFile,
     target: TargetFlags,
     onnx: OnnxFlags,
     n_features: Annotated[int | None, typer.Option("--n-features")] = None,
@@ -91,68 +91,50 @@ def sklearn(
     """Convert a scikit-learn estimator or pipeline (skl2onnx; probabilities as a tensor)."""
     from converters.sklearn import export_sklearn, load_estimator
 
-    options = publish_options(target, onnx)
-    progress = reporter()
-    with progress.step("loading the estimator"):
-        estimator = load_estimator(model)
-    exported = export_sklearn(estimator, n_features=n_features, keep_label=label, reporter=progress)
-    _publish(exported, options, progress)
+    def export(progress: Reporter) -> Exported:
+        with progress.step("loading the estimator"):
+            estimator = load_estimator(model)
+        return export_sklearn(estimator, n_features=n_features, keep_label=label, reporter=progress)
+
+    _publish(export, target, onnx)
 
 
 @app.command()
-@export_command
-def keras(
-    model: Annotated[Path, typer.Argument(help="A .keras file (loaded with KERAS_BACKEND=torch).")],
-    target: TargetFlags,
-    onnx: OnnxFlags,
-    network: NetworkFlags,
-    input_name: InNames = None,
-    output_name: OutNames = None,
-) -> None:
+@export_command()
+def keras(model: KerasFile, target: TargetFlags, onnx: OnnxFlags, names: RenameFlags) -> None:
     """Export a Keras 3 model (torch backend; TensorFlow models need tf2onnx) and publish it."""
     from converters.keras import export_keras, load_keras
 
-    options = publish_options(target, onnx, network)
-    progress = reporter()
-    with progress.step("loading the Keras model"):
-        loaded = load_keras(model)
-    exported = export_keras(
-        loaded, input_names=input_name, output_names=output_name, reporter=progress
-    )
-    exported.embedding_outputs = network.embedding_output or []
-    _publish(exported, options, progress)
+    def export(progress: Reporter) -> Exported:
+        with progress.step("loading the Keras model"):
+            loaded = load_keras(model)
+        return export_keras(
+            loaded, input_names=names.input_name, output_names=names.output_name, reporter=progress
+        )
+
+    _publish(export, target, onnx)
 
 
 @app.command("onnx")
-@export_command
-def onnx_command(
-    model: Annotated[Path, typer.Argument(help="An existing .onnx file.")],
-    target: TargetFlags,
-    onnx: OnnxFlags,
-    network: NetworkFlags,
-    input_name: InNames = None,
-    output_name: OutNames = None,
-) -> None:
+@export_command()
+def onnx_command(model: OnnxFile, target: TargetFlags, onnx: OnnxFlags, names: RenameFlags) -> None:
     """Check (onnx.checker + shape inference), optionally transform, and publish an ONNX file."""
     from converters.onnx_model import import_onnx
 
-    options = publish_options(target, onnx, network)
-    progress = reporter()
-    with progress.step("checking the ONNX model"):
-        exported = import_onnx(
-            model,
-            input_names=input_name,
-            output_names=output_name,
-            batched=target.max_batch_size > 0,
-        )
-    exported.embedding_outputs = network.embedding_output or []
-    _publish(exported, options, progress)
+    def export(progress: Reporter) -> Exported:
+        with progress.step("checking the ONNX model"):
+            batched = target.max_batch_size > 0
+            return import_onnx(
+                model, input_names=names.input_name, output_names=names.output_name, batched=batched
+            )
+
+    _publish(export, target, onnx)
 
 
 @app.command()
-@export_command
+@export_command()
 def tensorrt(
-    model: Annotated[Path, typer.Argument(help="ONNX file to build an engine from.")],
+    model: EngineSource,
     target: TargetFlags,
     fp16: Annotated[bool, typer.Option("--fp16")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Needs a Q/DQ-quantised graph.")] = False,
@@ -161,15 +143,13 @@ def tensorrt(
     """Build a TensorRT engine (model.plan, tensorrt_plan); needs tensorrt and a CUDA GPU."""
     from converters.tensorrt import build_tensorrt
 
-    result = build_tensorrt(
-        model,
-        target.publish_options(),
-        fp16=fp16,
-        int8=int8,
-        workspace_gib=workspace_gib,
-        reporter=reporter(),
+    options = target.publish_options()
+    progress = reporter()
+    _finish(
+        build_tensorrt(
+            model, options, fp16=fp16, int8=int8, workspace_gib=workspace_gib, reporter=progress
+        )
     )
-    _finish(result)
 
 
 @app.command()
