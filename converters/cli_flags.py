@@ -162,6 +162,10 @@ def export_command(
     the group built from them.
     """
 
+    offered = {f.name for group in FLAG_GROUPS for f in fields(group)}
+    if set(without) - offered:
+        raise TypeError(f"export_command(without=...) names no option: {set(without) - offered}")
+
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         hints = get_type_hints(command, include_extras=True)
         params: list[inspect.Parameter] = []
