@@ -1,47 +1,41 @@
 """``infergate convert``: export trained models into a Triton repository, proving parity first.
 
-Heavy frameworks are imported inside the commands, so ``infergate --help`` stays fast.
+Heavy frameworks are imported inside the commands, so ``infergate --help`` stays fast. The options
+shared by the export commands are declared once, as flag groups in :mod:`converters.cli_flags`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from converters.cli_common import (
-    Atol,
-    Cache,
-    Embedding,
-    Fp16,
-    InNames,
-    Instances,
-    MaxBatch,
-    MinCos,
-    Name,
-    Optimize,
-    OutNames,
-    Pad,
-    Policy,
-    Preferred,
-    Quantize,
-    QueueDelay,
+from converters.cli_common import guard, out, print_rows, reporter
+from converters.cli_flags import (
+    NETWORK_ONLY,
+    OnnxFlags,
+    RenameFlags,
     Repo,
-    Rtol,
-    Samples,
-    Version,
-    guard,
-    out,
-    print_rows,
-    publish_options,
-    reporter,
+    TargetFlags,
+    export_command,
 )
+
+if TYPE_CHECKING:
+    from converters.pipeline import Exported
+    from converters.progress import Reporter
 
 app = typer.Typer(
     help="Export trained models to ONNX/TensorRT in a Triton model repository.",
     no_args_is_help=True,
 )
+
+TorchModel = Annotated[str, typer.Argument(help="package.module:factory, or a TorchScript file.")]
+SklearnFile = Annotated[Path, typer.Argument(help="Pickled or joblib estimator/pipeline.")]
+KerasFile = Annotated[Path, typer.Argument(help="A .keras file (loaded with KERAS_BACKEND=torch).")]
+OnnxFile = Annotated[Path, typer.Argument(help="An existing .onnx file.")]
+EngineSource = Annotated[Path, typer.Argument(help="ONNX file to build an engine from.")]
 
 
 def _finish(result: dict[str, Any]) -> None:
@@ -49,220 +43,113 @@ def _finish(result: dict[str, Any]) -> None:
     out.print(f"wrote {result['path']}", markup=False)
 
 
+def _publish(export: Callable[[Reporter], Exported], target: TargetFlags, onnx: OnnxFlags) -> None:
+    """Options are checked before the (slow) export; then export, prove parity, publish."""
+    from converters.pipeline import convert
+
+    options = onnx.publish_options(target)
+    progress = reporter()
+    exported = export(progress)
+    if onnx.embedding_output:
+        exported.embedding_outputs = onnx.embedding_output
+    _finish(convert(exported, options, progress))
+
+
 @app.command()
+@export_command()
 def pytorch(
-    model: Annotated[str, typer.Argument(help="package.module:factory, or a TorchScript file.")],
-    name: Name,
+    model: TorchModel,
+    target: TargetFlags,
     input: Annotated[list[str], typer.Option("--input", help="name:dims[:dtype]; -1 = dynamic.")],
-    repo: Repo = Path("model_repo"),
+    onnx: OnnxFlags,
     output: Annotated[list[str] | None, typer.Option("--output", help="Output names.")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="state_dict file.")] = None,
     legacy: Annotated[bool, typer.Option("--legacy", help="Skip the dynamo exporter.")] = False,
-    version: Version = None,
-    max_batch_size: MaxBatch = 64,
-    preferred_batch_size: Preferred = None,
-    max_queue_delay_us: QueueDelay = 1000,
-    instances: Instances = 1,
-    response_cache: Cache = False,
-    pad_inputs: Pad = None,
-    optimize: Optimize = False,
-    quantize: Quantize = None,
-    fp16: Fp16 = False,
-    samples: Samples = None,
-    atol: Atol = None,
-    rtol: Rtol = None,
-    min_cosine: MinCos = None,
-    embedding_output: Embedding = None,
-    version_policy: Policy = "all",
 ) -> None:
     """Export a PyTorch nn.Module (dynamo exporter, legacy fallback) and publish it."""
-    args = dict(locals())
+    from converters.pytorch import InputSpec, export_pytorch, load_module
 
-    def run() -> None:
-        from converters.pipeline import convert
-        from converters.pytorch import InputSpec, export_pytorch, load_module
+    specs = [InputSpec.parse(text) for text in input]
 
-        opts = publish_options(args)
-        specs = [InputSpec.parse(text) for text in input]
-        progress = reporter()
+    def export(progress: Reporter) -> Exported:
         with progress.step("loading the PyTorch model"):
             module = load_module(model, weights)
-        exported = export_pytorch(
-            module,
-            specs,
-            output or [],
-            dynamo=not legacy,
-            embedding_outputs=embedding_output,
-            reporter=progress,
-        )
-        _finish(convert(exported, opts, progress))
+        return export_pytorch(module, specs, output or [], dynamo=not legacy, reporter=progress)
 
-    guard(run)
+    _publish(export, target, onnx)
 
 
 @app.command()
+@export_command(without=NETWORK_ONLY)
 def sklearn(
-    model: Annotated[Path, typer.Argument(help="Pickled or joblib estimator/pipeline.")],
-    name: Name,
-    repo: Repo = Path("model_repo"),
+    model: SklearnFile,
+    target: TargetFlags,
+    onnx: OnnxFlags,
     n_features: Annotated[int | None, typer.Option("--n-features")] = None,
     label: Annotated[bool, typer.Option("--label", help="Also output the label.")] = False,
-    version: Version = None,
-    max_batch_size: MaxBatch = 64,
-    preferred_batch_size: Preferred = None,
-    max_queue_delay_us: QueueDelay = 1000,
-    instances: Instances = 1,
-    response_cache: Cache = False,
-    optimize: Optimize = False,
-    samples: Samples = None,
-    atol: Atol = None,
-    rtol: Rtol = None,
-    version_policy: Policy = "all",
 ) -> None:
     """Convert a scikit-learn estimator or pipeline (skl2onnx; probabilities as a tensor)."""
-    args = dict(locals())
+    from converters.sklearn import export_sklearn, load_estimator
 
-    def run() -> None:
-        from converters.pipeline import convert
-        from converters.sklearn import export_sklearn, load_estimator
+    def export(progress: Reporter) -> Exported:
+        with progress.step("loading the estimator"):
+            estimator = load_estimator(model)
+        return export_sklearn(estimator, n_features=n_features, keep_label=label, reporter=progress)
 
-        opts = publish_options(args)
-        progress = reporter()
-        with progress.step("loading and converting the estimator (skl2onnx)"):
-            exported = export_sklearn(
-                load_estimator(model), n_features=n_features, keep_label=label
-            )
-        _finish(convert(exported, opts, progress))
-
-    guard(run)
+    _publish(export, target, onnx)
 
 
 @app.command()
-def keras(
-    model: Annotated[Path, typer.Argument(help="A .keras file (loaded with KERAS_BACKEND=torch).")],
-    name: Name,
-    repo: Repo = Path("model_repo"),
-    input_name: InNames = None,
-    output_name: OutNames = None,
-    version: Version = None,
-    max_batch_size: MaxBatch = 64,
-    preferred_batch_size: Preferred = None,
-    max_queue_delay_us: QueueDelay = 1000,
-    instances: Instances = 1,
-    response_cache: Cache = False,
-    pad_inputs: Pad = None,
-    optimize: Optimize = False,
-    quantize: Quantize = None,
-    fp16: Fp16 = False,
-    samples: Samples = None,
-    atol: Atol = None,
-    rtol: Rtol = None,
-    min_cosine: MinCos = None,
-    embedding_output: Embedding = None,
-    version_policy: Policy = "all",
-) -> None:
+@export_command()
+def keras(model: KerasFile, target: TargetFlags, onnx: OnnxFlags, names: RenameFlags) -> None:
     """Export a Keras 3 model (torch backend; TensorFlow models need tf2onnx) and publish it."""
-    args = dict(locals())
+    from converters.keras import export_keras, load_keras
 
-    def run() -> None:
-        from converters.keras import export_keras, load_keras
-        from converters.pipeline import convert
+    def export(progress: Reporter) -> Exported:
+        with progress.step("loading the Keras model"):
+            loaded = load_keras(model)
+        return export_keras(
+            loaded, input_names=names.input_name, output_names=names.output_name, reporter=progress
+        )
 
-        opts = publish_options(args)
-        progress = reporter()
-        with progress.step("loading and exporting the Keras model"):
-            exported = export_keras(
-                load_keras(model), input_names=input_name, output_names=output_name
-            )
-        exported.embedding_outputs = embedding_output or []
-        _finish(convert(exported, opts, progress))
-
-    guard(run)
+    _publish(export, target, onnx)
 
 
 @app.command("onnx")
-def onnx_command(
-    model: Annotated[Path, typer.Argument(help="An existing .onnx file.")],
-    name: Name,
-    repo: Repo = Path("model_repo"),
-    input_name: InNames = None,
-    output_name: OutNames = None,
-    version: Version = None,
-    max_batch_size: MaxBatch = 64,
-    preferred_batch_size: Preferred = None,
-    max_queue_delay_us: QueueDelay = 1000,
-    instances: Instances = 1,
-    response_cache: Cache = False,
-    pad_inputs: Pad = None,
-    optimize: Optimize = False,
-    quantize: Quantize = None,
-    fp16: Fp16 = False,
-    samples: Samples = None,
-    atol: Atol = None,
-    rtol: Rtol = None,
-    min_cosine: MinCos = None,
-    embedding_output: Embedding = None,
-    version_policy: Policy = "all",
-) -> None:
+@export_command()
+def onnx_command(model: OnnxFile, target: TargetFlags, onnx: OnnxFlags, names: RenameFlags) -> None:
     """Check (onnx.checker + shape inference), optionally transform, and publish an ONNX file."""
-    args = dict(locals())
+    from converters.onnx_model import import_onnx
 
-    def run() -> None:
-        from converters.onnx_model import import_onnx
-        from converters.pipeline import convert
-
-        opts = publish_options(args)
-        progress = reporter()
+    def export(progress: Reporter) -> Exported:
         with progress.step("checking the ONNX model"):
-            exported = import_onnx(
-                model, input_names=input_name, output_names=output_name, batched=max_batch_size > 0
+            batched = target.max_batch_size > 0
+            return import_onnx(
+                model, input_names=names.input_name, output_names=names.output_name, batched=batched
             )
-        exported.embedding_outputs = embedding_output or []
-        _finish(convert(exported, opts, progress))
 
-    guard(run)
+    _publish(export, target, onnx)
 
 
 @app.command()
+@export_command()
 def tensorrt(
-    model: Annotated[Path, typer.Argument(help="ONNX file to build an engine from.")],
-    name: Name,
-    repo: Repo = Path("model_repo"),
-    version: Version = None,
-    max_batch_size: MaxBatch = 64,
-    preferred_batch_size: Preferred = None,
-    max_queue_delay_us: QueueDelay = 1000,
-    instances: Instances = 1,
+    model: EngineSource,
+    target: TargetFlags,
     fp16: Annotated[bool, typer.Option("--fp16")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Needs a Q/DQ-quantised graph.")] = False,
     workspace_gib: Annotated[float, typer.Option("--workspace-gib")] = 2.0,
 ) -> None:
     """Build a TensorRT engine (model.plan, tensorrt_plan); needs tensorrt and a CUDA GPU."""
+    from converters.tensorrt import build_tensorrt
 
-    def run() -> None:
-        from converters.tensorrt import build_tensorrt
-        from converters.triton_config import ConfigOptions
-
-        config = ConfigOptions(
-            max_batch_size=max_batch_size,
-            preferred_batch_sizes=preferred_batch_size or None,
-            max_queue_delay_us=max_queue_delay_us,
-            instances=instances,
+    options = target.publish_options()
+    progress = reporter()
+    _finish(
+        build_tensorrt(
+            model, options, fp16=fp16, int8=int8, workspace_gib=workspace_gib, reporter=progress
         )
-        result = build_tensorrt(
-            model,
-            repo,
-            name,
-            version=version,
-            config_options=config,
-            fp16=fp16,
-            int8=int8,
-            workspace_gib=workspace_gib,
-            reporter=reporter(),
-        )
-        _finish(result)
-
-    guard(run)
+    )
 
 
 @app.command()

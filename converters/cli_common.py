@@ -1,4 +1,4 @@
-"""Shared pieces of the ``infergate convert`` commands: options, error guard, result tables."""
+"""Shared pieces of the ``infergate convert`` commands: consoles, error guard, result tables."""
 
 from __future__ import annotations
 
@@ -7,41 +7,18 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from converters.progress import Reporter
+
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, width=max(140, shutil.get_terminal_size((140, 24)).columns))
-
-Repo = Annotated[Path, typer.Option("--repo", help="Triton model repository to publish into.")]
-Name = Annotated[str, typer.Option("--name", help="Model name in the repository.")]
-Version = Annotated[int | None, typer.Option("--version", help="Version to write (default: next).")]
-MaxBatch = Annotated[int, typer.Option("--max-batch-size", help="0 disables batching.")]
-Preferred = Annotated[list[int] | None, typer.Option("--preferred-batch-size", help="Repeatable.")]
-QueueDelay = Annotated[int, typer.Option("--max-queue-delay-us", help="Dynamic batching delay.")]
-Instances = Annotated[int, typer.Option("--instances", help="instance_group count (KIND_CPU).")]
-Cache = Annotated[bool, typer.Option("--response-cache", help="response_cache { enable: true }.")]
-Pad = Annotated[
-    str | None, typer.Option("--pad-inputs", help="Comma list (default: token-named int inputs).")
-]
-Optimize = Annotated[bool, typer.Option("--optimize", help="Save ONNX Runtime's optimised graph.")]
-Quantize = Annotated[str | None, typer.Option("--quantize", help="'int8': dynamic, per channel.")]
-Fp16 = Annotated[bool, typer.Option("--fp16", help="fp16 weights, fp32 inputs/outputs.")]
-Samples = Annotated[Path | None, typer.Option("--samples", help=".npy/.npz parity inputs.")]
-Atol = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance.")]
-Rtol = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance.")]
-MinCos = Annotated[float | None, typer.Option("--min-cosine", help="Row-wise cosine floor.")]
-Embedding = Annotated[list[str] | None, typer.Option("--embedding-output", help="Judge by cosine.")]
-Policy = Annotated[str, typer.Option("--version-policy", help="all | latest | keep.")]
-InNames = Annotated[list[str] | None, typer.Option("--input-name", help="Rename inputs, in order.")]
-OutNames = Annotated[
-    list[str] | None, typer.Option("--output-name", help="Rename outputs, in order.")
-]
 
 
 def quiet_frameworks() -> None:
@@ -74,48 +51,10 @@ def guard(action: Callable[[], Any]) -> Any:
     raise typer.Exit(1)
 
 
-def reporter() -> Any:
+def reporter() -> Reporter:
     from converters.progress import Reporter
 
     return Reporter(err)
-
-
-def publish_options(args: dict[str, Any]) -> Any:
-    """PublishOptions from a command's keyword arguments (absent options take their defaults)."""
-    from converters.errors import ConversionError
-    from converters.parity import Tolerances
-    from converters.pipeline import PublishOptions
-    from converters.triton_config import ConfigOptions
-
-    quantize = args.get("quantize")
-    if quantize not in (None, "int8"):
-        raise ConversionError(f"--quantize supports 'int8', not '{quantize}'")
-    precision = "int8" if quantize else "fp16" if args.get("fp16") else "fp32"
-    tolerances = Tolerances.for_precision(precision, bool(args.get("embedding_output")))
-    for key in ("atol", "rtol", "min_cosine"):
-        if args.get(key) is not None:
-            setattr(tolerances, key, args[key])
-    config = ConfigOptions(
-        max_batch_size=args["max_batch_size"],
-        preferred_batch_sizes=args.get("preferred_batch_size") or None,
-        max_queue_delay_us=args["max_queue_delay_us"],
-        instances=args["instances"],
-        response_cache=args.get("response_cache", False),
-    )
-    pad = args.get("pad_inputs")
-    return PublishOptions(
-        repo=args["repo"],
-        name=args["name"],
-        version=args.get("version"),
-        config=config,
-        pad_inputs=None if pad is None else [p.strip() for p in pad.split(",") if p.strip()],
-        optimize=args.get("optimize", False),
-        quantize=bool(quantize),
-        fp16=args.get("fp16", False),
-        tolerances=tolerances,
-        samples_path=args.get("samples"),
-        version_policy=args.get("version_policy", "all"),
-    )
 
 
 def _parity_cell(row: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ import onnx
 from converters.errors import ConversionError, first_line
 from converters.parity import Arrays
 from converters.pipeline import Exported
+from converters.progress import QUIET, Reporter
 from converters.signature import rename_by_position
 
 
@@ -69,6 +70,7 @@ def export_keras(
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
     samples: Arrays | None = None,
+    reporter: Reporter = QUIET,
 ) -> Exported:
     """Export and rename the graph's inputs/outputs (Keras names the output e.g. '35')."""
     keras = ensure_torch_backend()
@@ -85,7 +87,9 @@ def export_keras(
         model(warm[0] if n_in == 1 else warm, training=False)
     except Exception as exc:
         raise ConversionError(f"the Keras model fails on zero inputs: {first_line(exc)}") from None
-    with tempfile.TemporaryDirectory() as tmp:
+    from converters.pytorch import quiet_exporter
+
+    with tempfile.TemporaryDirectory() as tmp, reporter.step("keras ONNX export"), quiet_exporter():
         path = Path(tmp) / "model.onnx"
         try:
             if keras.backend.backend() == "tensorflow":

@@ -47,10 +47,40 @@ class Tolerances:
         return cls(min_cosine=0.9999 if embedding else None)
 
 
-def make_samples(inputs: list[TensorSpec], n: int = 8, seed: int = 0, seq_len: int = 16) -> Arrays:
-    """Inputs generated from the signature; token-like integer inputs get realistic values."""
+# Integer inputs whose valid range is unknown get values below this: safe for any embedding table
+# we are likely to meet, while the graph's own tables (see signature.index_limits) say more.
+FALLBACK_INDEX_LIMIT = 100
+
+
+def _integers(
+    rng: np.random.Generator, spec: TensorSpec, shape: list[int], lengths: np.ndarray, limit: int
+) -> np.ndarray:
+    """Token-like values: masks from lengths, ids from the upper half of the valid range."""
+    if spec.name == "attention_mask" and len(shape) == 2:
+        return (np.arange(shape[1])[None, :] < lengths[:, None]).astype(spec.dtype)
+    if spec.name == "token_type_ids":
+        return np.zeros(shape, spec.dtype)
+    if spec.name == "input_ids":  # ordinary word pieces (1000-2000) when the vocabulary allows
+        high = max(1, min(2000, limit))
+        return rng.integers(high // 2, high, shape).astype(spec.dtype)
+    return rng.integers(0, max(1, min(10, limit)), shape).astype(spec.dtype)
+
+
+def make_samples(
+    inputs: list[TensorSpec],
+    n: int = 8,
+    seed: int = 0,
+    seq_len: int = 16,
+    index_limits: dict[str, int] | None = None,
+) -> Arrays:
+    """Inputs generated from the signature; token-like integer inputs get realistic values.
+
+    ``index_limits`` maps integer inputs to the number of rows of the tables they index (the
+    vocabulary size for ``input_ids``): values stay below it.
+    """
     rng = np.random.default_rng(seed)
     lengths = rng.integers(max(2, seq_len // 3), seq_len + 1, size=n)
+    limits = index_limits or {}
     samples: Arrays = {}
     for spec in inputs:
         shape = [
@@ -62,16 +92,8 @@ def make_samples(inputs: list[TensorSpec], n: int = 8, seed: int = 0, seq_len: i
         elif spec.dtype.kind == "b":
             samples[spec.name] = rng.integers(0, 2, shape).astype(bool)
         elif spec.dtype.kind in "iu":
-            if spec.name == "attention_mask" and len(shape) == 2:
-                samples[spec.name] = (np.arange(shape[1])[None, :] < lengths[:, None]).astype(
-                    spec.dtype
-                )
-            elif spec.name == "token_type_ids":
-                samples[spec.name] = np.zeros(shape, spec.dtype)
-            elif spec.name == "input_ids":
-                samples[spec.name] = rng.integers(1000, 2000, shape).astype(spec.dtype)
-            else:
-                samples[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
+            limit = limits.get(spec.name, FALLBACK_INDEX_LIMIT)
+            samples[spec.name] = _integers(rng, spec, shape, lengths, limit)
         else:
             raise ConversionError(
                 f"cannot generate samples for input '{spec.name}' of {spec.dtype}; pass --samples"

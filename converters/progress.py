@@ -29,7 +29,7 @@ class Reporter:
 
     def note(self, message: str) -> None:
         if self.console is not None:
-            self.console.print(f"[yellow]![/yellow] {message}")
+            self.console.print(f"[yellow]![/yellow] {message}", soft_wrap=True)
 
     def info(self, message: str) -> None:
         if self.console is not None:

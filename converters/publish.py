@@ -16,7 +16,13 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from converters.errors import ConversionError
-from converters.triton_config import apply_version_policy, check_compatible, read_config, render
+from converters.triton_config import (
+    apply_version_policy,
+    check_compatible,
+    read_config,
+    render,
+    serving_differences,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -58,6 +64,30 @@ def plan_version(repo: Path, name: str, version: int | None) -> tuple[int, mc.Mo
     return version, existing
 
 
+def check_target(
+    repo: Path, name: str, version: int | None, config: mc.ModelConfig
+) -> tuple[int, list[str]]:
+    """Before any slow work: the version to write, and warnings about options that won't apply.
+
+    A model's versions share one config.pbtxt, which publishing a new version keeps. A new
+    signature is refused; serving settings that differ are named (old -> new), since they are
+    not applied.
+    """
+    version, existing = plan_version(repo, name, version)
+    if existing is None:
+        return version, []
+    model_dir = repo / name
+    check_compatible(existing, config, model_dir)
+    differences = serving_differences(existing, config)
+    if not differences:
+        return version, []
+    return version, [
+        f"{model_dir / 'config.pbtxt'} is kept for version {version}, so these options are not "
+        f"applied: {', '.join(differences)}. To change them, edit that config.pbtxt, or publish "
+        f"as a new model (another --name) or remove {model_dir} first"
+    ]
+
+
 def publish(
     repo: Path,
     name: str,
@@ -71,7 +101,7 @@ def publish(
     model_dir = repo / name
     versions = sorted([*existing_versions(model_dir), version])
     if existing is not None:
-        check_compatible(existing, config)
+        check_compatible(existing, config, model_dir)
         merged = mc.ModelConfig()
         merged.CopyFrom(existing)
         config = merged

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from converters.errors import ConversionError, first_line
 from converters.parity import Arrays, make_samples, ort_runner
 from converters.pipeline import Exported
 from converters.progress import QUIET, Reporter
-from converters.signature import TensorSpec, rename_by_position
+from converters.signature import TensorSpec, index_limits, rename_by_position
 
 _DTYPES = {
     "float32": np.float32,
@@ -134,6 +137,41 @@ def torch_runner(module: Any, input_names: list[str], output_names: list[str]) -
     return run
 
 
+class _DropTorchvisionNotices(logging.Filter):
+    """The dynamo exporter logs one warning per torchvision op when torchvision is absent."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+@contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's torchvision notices (and only those) while exporting."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notices = _DropTorchvisionNotices()
+    logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notices)
+
+
+def _torch_export(
+    module: Any, args: tuple, specs: list[InputSpec], outputs: list[str], path: Path, **how: Any
+) -> None:
+    import torch
+
+    with quiet_exporter():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=[s.name for s in specs],
+            output_names=outputs,
+            **how,
+        )
+
+
 def _export_dynamo(
     module: Any, args: tuple, specs: list[InputSpec], outputs: list[str], path: Path
 ) -> None:
@@ -148,46 +186,43 @@ def _export_dynamo(
                 dims.setdefault(axis, torch.export.Dim("batch" if axis == 0 else f"dim_{axis}"))
                 axes[axis] = dims[axis]
         shapes.append(axes)
-    torch.onnx.export(
-        module,
-        args,
-        str(path),
-        input_names=[s.name for s in specs],
-        output_names=outputs,
-        dynamic_shapes=tuple(shapes),
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
+    how = {"dynamic_shapes": tuple(shapes), "external_data": False, "verbose": False}
+    _torch_export(module, args, specs, outputs, path, dynamo=True, **how)
 
 
 def _export_legacy(
     module: Any, args: tuple, specs: list[InputSpec], outputs: list[str], path: Path
 ) -> None:
-    import torch
-
     axes: dict[str, dict[int, str]] = {
         s.name: {i: ("batch" if i == 0 else f"dim_{i}") for i, d in enumerate(s.shape) if d == -1}
         for s in specs
     }
     axes.update({name: {0: "batch"} for name in outputs})
-    torch.onnx.export(
-        module,
-        args,
-        str(path),
-        input_names=[s.name for s in specs],
-        output_names=outputs,
-        dynamic_axes=axes,
-        opset_version=17,
-        dynamo=False,
+    _torch_export(
+        module, args, specs, outputs, path, dynamic_axes=axes, opset_version=17, dynamo=False
     )
+
+
+def dynamo_reason(exc: BaseException) -> str:
+    """Why the dynamo exporter failed, in one line: the root cause, not torch's advice text."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if root is not exc:
+        return first_line(root)
+    summary = str(exc).partition("## Exception summary")[2]
+    for line in summary.splitlines():
+        if line.strip():
+            return first_line(Exception(line.strip())).removeprefix("Exception: ")
+    return first_line(exc)
 
 
 def _check_dynamic(model: onnx.ModelProto, specs: list[InputSpec], hint: str) -> None:
     """Run batch sizes 1 and 3 (and other dynamic sizes 5): exporters may bake example shapes in."""
     run = ort_runner(model)
+    limits = index_limits(model)
     for n, seq in ((1, 5), (3, 9)):
-        feed = make_samples([s.tensor_spec() for s in specs], n=n, seq_len=seq)
+        feed = make_samples([s.tensor_spec() for s in specs], n=n, seq_len=seq, index_limits=limits)
         try:
             run(feed)
         except Exception as exc:
@@ -195,6 +230,59 @@ def _check_dynamic(model: onnx.ModelProto, specs: list[InputSpec], hint: str) ->
                 f"the exported graph's shapes cannot be made dynamic (fails for shapes "
                 f"{ {k: list(v.shape) for k, v in feed.items()} }): {first_line(exc)}{hint}"
             ) from None
+
+
+def _example_args(module: Any, inputs: list[InputSpec]) -> tuple:
+    """Example tensors for tracing; token ids stay below every embedding table of the module."""
+    import torch
+
+    tables = [m.num_embeddings for m in module.modules() if isinstance(m, torch.nn.Embedding)]
+    limits = {s.name: min(tables) for s in inputs if s.dtype.startswith(("int", "uint"))}
+    example = make_samples(
+        [s.tensor_spec() for s in inputs], n=2, seq_len=7, index_limits=limits if tables else None
+    )
+    return tuple(torch.from_numpy(example[s.name]) for s in inputs)
+
+
+def _export_to(
+    path: Path,
+    module: Any,
+    inputs: list[InputSpec],
+    outputs: list[str],
+    dynamo: bool,
+    reporter: Reporter,
+) -> tuple[str, list[str], str]:
+    """Export into ``path``: the exporter used, notes, and why dynamo failed ('' if it did not)."""
+    import torch
+
+    args = _example_args(module, inputs)
+    notes: list[str] = []
+    dynamo_error = ""
+    if dynamo and isinstance(module, torch.jit.ScriptModule):
+        dynamo = False
+        notes.append(
+            "TorchScript module: the dynamo exporter cannot read it; used the legacy exporter"
+        )
+        reporter.note(notes[-1])
+    if dynamo:
+        try:
+            with reporter.step("torch.onnx.export (dynamo)"):
+                _export_dynamo(module, args, inputs, outputs, path)
+            return "dynamo", notes, ""
+        except Exception as exc:
+            dynamo_error = dynamo_reason(exc)
+            notes.append(f"dynamo exporter failed ({dynamo_error}); used the legacy exporter")
+            reporter.note(notes[-1])
+    try:
+        with reporter.step("torch.onnx.export (legacy)"):
+            _export_legacy(module, args, inputs, outputs, path)
+    except Exception as exc:
+        message = first_line(exc)
+        if "UnsupportedOperator" in message or "is not supported" in message:
+            raise ConversionError(f"unsupported operator: {message}") from None
+        extra = f"; dynamo said: {dynamo_error}" if dynamo_error else ""
+        raise ConversionError(f"PyTorch export failed: {message}{extra}") from None
+    return "legacy", notes, dynamo_error
 
 
 def export_pytorch(
@@ -208,38 +296,15 @@ def export_pytorch(
     reporter: Reporter = QUIET,
 ) -> Exported:
     """Export with dynamo (legacy fallback, reported), then name and check the graph."""
-    import torch
-
     if not inputs:
         raise ConversionError("PyTorch export needs --input specs (name:dims[:dtype])")
     output_names = output_names or ["output"]
-    example = make_samples([s.tensor_spec() for s in inputs], n=2, seq_len=7)
-    args = tuple(torch.from_numpy(example[s.name]) for s in inputs)
-    notes: list[str] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        exporter = "dynamo" if dynamo else "legacy"
-        dynamo_error = ""
-        if dynamo:
-            try:
-                with reporter.step("torch.onnx.export (dynamo)"):
-                    _export_dynamo(module, args, inputs, output_names, path)
-            except Exception as exc:
-                dynamo_error = first_line(exc)
-                notes.append(f"dynamo exporter failed ({dynamo_error}); used the legacy exporter")
-                reporter.note(notes[-1])
-                exporter = "legacy"
-        if exporter == "legacy":
-            try:
-                with reporter.step("torch.onnx.export (legacy)"):
-                    _export_legacy(module, args, inputs, output_names, path)
-            except Exception as exc:
-                message = first_line(exc)
-                if "UnsupportedOperator" in message or "is not supported" in message:
-                    raise ConversionError(f"unsupported operator: {message}") from None
-                extra = f"; dynamo said: {dynamo_error}" if dynamo_error else ""
-                raise ConversionError(f"PyTorch export failed: {message}{extra}") from None
+        exporter, notes, dynamo_error = _export_to(
+            path, module, inputs, output_names, dynamo, reporter
+        )
         if list(Path(tmp).iterdir()) != [path]:
             notes.append("exporter wrote extra files; weights were inlined")
         model = onnx.load(str(path), load_external_data=True)

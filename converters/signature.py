@@ -51,6 +51,51 @@ def default_pad_inputs(inputs: list[TensorSpec]) -> list[str]:
     return [s.name for s in inputs if s.name in TOKEN_INPUTS and s.dtype.kind in "iu"]
 
 
+# Ops that pass index values through unchanged (exporters put them between an input and its Gather).
+_INDEX_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand"}
+
+
+def _table_rows(graph: onnx.GraphProto) -> dict[str, int]:
+    """Rows of each constant table (initializers and Constant nodes) by tensor name."""
+    rows = {init.name: init.dims[0] for init in graph.initializer if init.dims}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.dims:
+                    rows[node.output[0]] = attr.t.dims[0]
+    return rows
+
+
+def index_limits(model: onnx.ModelProto) -> dict[str, int]:
+    """Integer inputs that index constant tables (embeddings): input name -> smallest table's rows.
+
+    Sample values must stay below this, or ONNX Runtime rejects them (e.g. a 1,000-token
+    vocabulary fed ids from 1000 up).
+    """
+    graph = model.graph
+    rows = _table_rows(graph)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    limits: dict[str, int] = {}
+    for spec in graph_inputs(model):
+        if spec.dtype.kind not in "iu":
+            continue
+        found, frontier, seen = [], [spec.name], set()
+        while frontier:
+            name = frontier.pop()
+            seen.add(name)
+            for node in consumers.get(name, []):
+                if node.op_type == "Gather" and node.input[1] == name and node.input[0] in rows:
+                    found.append(rows[node.input[0]])
+                elif node.op_type in _INDEX_PASS_THROUGH and node.input[0] == name:
+                    frontier.extend(o for o in node.output if o not in seen)
+        if found:
+            limits[spec.name] = min(found)
+    return limits
+
+
 def rename_tensors(model: onnx.ModelProto, mapping: dict[str, str]) -> onnx.ModelProto:
     """Rename graph inputs/outputs everywhere (exporters pick names like '35')."""
     mapping = {old: new for old, new in mapping.items() if old != new}

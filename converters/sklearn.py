@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from converters.errors import ConversionError, first_line
-from converters.parity import Arrays
+from converters.parity import Arrays, Runner
 from converters.pipeline import Exported
+from converters.progress import QUIET, Reporter
 from converters.signature import graph_outputs, rename_tensors
 
 
@@ -44,47 +46,8 @@ def _is_classifier(model: Any) -> bool:
     return bool(is_classifier(model)) and hasattr(model, "predict_proba")
 
 
-def export_sklearn(
-    model: Any,
-    *,
-    input_name: str = "input",
-    n_features: int | None = None,
-    keep_label: bool = False,
-    samples: Arrays | None = None,
-) -> Exported:
-    """Float32 input [-1, n_features] -> ``probabilities`` (+ ``label``) or ``predictions``."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
-
-    n = n_features or getattr(model, "n_features_in_", None)
-    if not n:
-        raise ConversionError("cannot tell the number of input features; pass --n-features")
-    classifier = _is_classifier(model)
-    options = {id(model): {"zipmap": False}} if classifier else None
-    start = time.perf_counter()
-    try:
-        onx = convert_sklearn(
-            model,
-            initial_types=[(input_name, FloatTensorType([None, int(n)]))],
-            options=options,
-            target_opset={"": 17, "ai.onnx.ml": 3},
-        )
-    except Exception as exc:
-        message = first_line(exc)
-        if "shape calculator" in message or "converter" in message.lower():
-            raise ConversionError(f"skl2onnx does not support this estimator: {message}") from None
-        raise ConversionError(f"skl2onnx conversion failed: {message}") from None
-    outputs = [o.name for o in graph_outputs(onx)]
-    if classifier:
-        label, proba = outputs[0], outputs[1]
-        onx = rename_tensors(onx, {proba: "probabilities", label: "label"})
-        if not keep_label:
-            kept = [o for o in onx.graph.output if o.name != "label"]
-            del onx.graph.output[:]
-            onx.graph.output.extend(kept)
-    else:
-        onx = rename_tensors(onx, {outputs[0]: "predictions"})
-    elapsed = time.perf_counter() - start
+def _source_runner(model: Any, input_name: str, classifier: bool, keep_label: bool) -> Runner:
+    """The estimator itself on the parity samples, with the exported graph's output names."""
 
     def run(feed: Arrays) -> Arrays:
         x = feed[input_name]
@@ -97,11 +60,60 @@ def export_sklearn(
         pred = np.asarray(pred, dtype=np.float32)
         return {"predictions": pred.reshape(len(x), -1) if pred.ndim == 1 else pred}
 
+    return run
+
+
+def _skl2onnx(model: Any, input_name: str, n_features: int, classifier: bool) -> onnx.ModelProto:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    options = {id(model): {"zipmap": False}} if classifier else None
+    try:
+        return convert_sklearn(
+            model,
+            initial_types=[(input_name, FloatTensorType([None, n_features]))],
+            options=options,
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
+    except Exception as exc:
+        message = first_line(exc)
+        if "shape calculator" in message or "converter" in message.lower():
+            raise ConversionError(f"skl2onnx does not support this estimator: {message}") from None
+        raise ConversionError(f"skl2onnx conversion failed: {message}") from None
+
+
+def export_sklearn(
+    model: Any,
+    *,
+    input_name: str = "input",
+    n_features: int | None = None,
+    keep_label: bool = False,
+    samples: Arrays | None = None,
+    reporter: Reporter = QUIET,
+) -> Exported:
+    """Float32 input [-1, n_features] -> ``probabilities`` (+ ``label``) or ``predictions``."""
+    n = n_features or getattr(model, "n_features_in_", None)
+    if not n:
+        raise ConversionError("cannot tell the number of input features; pass --n-features")
+    classifier = _is_classifier(model)
+    start = time.perf_counter()
+    with reporter.step("skl2onnx conversion"):
+        onx = _skl2onnx(model, input_name, int(n), classifier)
+    outputs = [o.name for o in graph_outputs(onx)]
+    if classifier:
+        label, proba = outputs[0], outputs[1]
+        onx = rename_tensors(onx, {proba: "probabilities", label: "label"})
+        if not keep_label:
+            kept = [o for o in onx.graph.output if o.name != "label"]
+            del onx.graph.output[:]
+            onx.graph.output.extend(kept)
+    else:
+        onx = rename_tensors(onx, {outputs[0]: "predictions"})
     return Exported(
         model=onx,
         framework="sklearn",
-        source=run,
+        source=_source_runner(model, input_name, classifier, keep_label),
         exporter="skl2onnx",
         samples=samples,
-        export_seconds=elapsed,
+        export_seconds=time.perf_counter() - start,
     )

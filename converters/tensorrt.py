@@ -7,27 +7,22 @@ Parity runs the engine on CUDA through torch tensors against ONNX Runtime on the
 from __future__ import annotations
 
 import ctypes
-import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from converters.errors import ConversionError, ParityError, first_line
-from converters.parity import (
-    Arrays,
-    Tolerances,
-    check_parity,
-    failure_message,
-    make_samples,
-    ort_runner,
-)
+from converters.errors import ConversionError, first_line
+from converters.options import PublishOptions
+from converters.parity import Arrays, Tolerances, make_samples, ort_runner
 from converters.progress import QUIET, Reporter
-from converters.publish import plan_version, publish
-from converters.signature import graph_inputs, graph_outputs
-from converters.triton_config import ConfigOptions, build_config
+from converters.publish import check_target
+from converters.release import Candidate, prove_and_publish
+from converters.signature import graph_inputs, graph_outputs, index_limits
+from converters.triton_config import build_config
 
 
 def cuda_gpu_count() -> int:
@@ -131,17 +126,30 @@ def _engine_runner(plan: bytes, output_names: list[str]) -> Any:  # pragma: no c
     return run
 
 
+def _build_plan(
+    model: onnx.ModelProto,
+    max_batch: int,
+    fp16: bool,
+    int8: bool,
+    workspace_gib: float,
+    reporter: Reporter,
+) -> bytes:
+    try:
+        with reporter.step("TensorRT engine build"):
+            return _build_engine(model, max_batch, fp16, int8, workspace_gib)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"TensorRT engine build failed: {first_line(exc)}") from None
+
+
 def build_tensorrt(
     onnx_path: Path,
-    repo: Path,
-    name: str,
+    options: PublishOptions,
     *,
-    version: int | None = None,
-    config_options: ConfigOptions | None = None,
     fp16: bool = False,
     int8: bool = False,
     workspace_gib: float = 2.0,
-    tolerances: Tolerances | None = None,
     reporter: Reporter = QUIET,
 ) -> dict[str, Any]:
     """Build, prove parity against ONNX Runtime, then publish atomically; no writes on failure."""
@@ -152,54 +160,32 @@ def build_tensorrt(
         raise ConversionError(
             "cannot build a TensorRT engine: " + "; ".join(reasons) + ". Nothing was written"
         )
-    options = config_options or ConfigOptions()
-    options.platform, options.backend = "tensorrt_plan", ""
+    config_options = replace(options.config, platform="tensorrt_plan", backend="")
     model = load_onnx(onnx_path)
-    version, _ = plan_version(repo, name, version)
-    config = build_config(name, graph_inputs(model), graph_outputs(model), options)
+    inputs, outputs = graph_inputs(model), graph_outputs(model)
+    config = build_config(options.name, inputs, outputs, config_options)
+    version, warnings = check_target(options.repo, options.name, options.version, config)
+    for warning in warnings:
+        reporter.note(warning)
     start = time.perf_counter()
-    try:
-        with reporter.step("TensorRT engine build"):
-            plan = _build_engine(model, options.max_batch_size, fp16, int8, workspace_gib)
-    except ConversionError:
-        raise
-    except Exception as exc:
-        raise ConversionError(f"TensorRT engine build failed: {first_line(exc)}") from None
-    elapsed = time.perf_counter() - start
+    max_batch = config_options.max_batch_size
+    plan = _build_plan(model, max_batch, fp16, int8, workspace_gib, reporter)
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
-    outputs = [o.name for o in graph_outputs(model)]
-    tol = tolerances or Tolerances.for_precision(precision, embedding=False)
-    with reporter.step("parity check (TensorRT vs ONNX Runtime)"):
-        report = check_parity(
-            ort_runner(model),
-            _engine_runner(plan, outputs),
-            make_samples(graph_inputs(model)),
-            tol,
-            outputs,
-            batched=options.max_batch_size > 0,
-        )
-    report = {
-        "model": name,
-        "version": version,
-        "framework": "tensorrt",
-        "precision": precision,
-        **report,
-    }
-    if not report["passed"]:
-        raise ParityError(failure_message(name, report), report)
-    files = {"model.plan": plan, "parity.json": json.dumps(report, indent=2).encode() + b"\n"}
-    version, version_dir = publish(repo, name, version, config, files)
-    return {
-        "model": name,
-        "version": version,
-        "framework": "tensorrt",
-        "exporter": "tensorrt",
-        "precision": precision,
-        "max_abs_err": report["max_abs_err"],
-        "min_cosine": report["min_cosine"],
-        "size_bytes": len(plan),
-        "export_s": round(elapsed, 2),
-        "path": str(version_dir),
-        "notes": [],
-        "status": "built",
-    }
+    output_names = [o.name for o in outputs]
+    candidate = Candidate(
+        model_file="model.plan",
+        data=plan,
+        run=_engine_runner(plan, output_names),
+        runtime="TensorRT",
+        reference=ort_runner(model),
+        reference_name="ONNX Runtime",
+        samples=make_samples(inputs, index_limits=index_limits(model)),
+        tolerances=options.tolerances or Tolerances.for_precision(precision, embedding=False),
+        cosine_outputs=output_names,
+        framework="tensorrt",
+        exporter="tensorrt",
+        precision=precision,
+        notes=warnings,
+        export_seconds=time.perf_counter() - start,
+    )
+    return prove_and_publish(candidate, options, version, config, reporter)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,28 +135,57 @@ def read_config(path: Path) -> mc.ModelConfig:
     return parse(path.read_text(), str(path))
 
 
-def _signature(config: mc.ModelConfig) -> dict[str, tuple]:
-    sig: dict[str, tuple] = {"max_batch_size": (config.max_batch_size,)}
+def _signature(config: mc.ModelConfig) -> dict[str, str]:
+    """What clients rely on, as readable text: batching and each tensor's dtype and dims."""
+    sig = {"max_batch_size": str(config.max_batch_size)}
     for kind, tensors in (("input", config.input), ("output", config.output)):
         for t in tensors:
-            sig[f"{kind} '{t.name}'"] = (
-                mc.DataType.Name(t.data_type),
-                list(t.dims),
-                list(t.reshape.shape) if t.HasField("reshape") else None,
-            )
+            text = f"{mc.DataType.Name(t.data_type).removeprefix('TYPE_')} {list(t.dims)}"
+            if t.HasField("reshape"):
+                text += f" reshaped to {list(t.reshape.shape)}"
+            sig[f"{kind} '{t.name}'"] = text
     return sig
 
 
-def check_compatible(existing: mc.ModelConfig, new: mc.ModelConfig) -> None:
+def check_compatible(existing: mc.ModelConfig, new: mc.ModelConfig, model_dir: Path) -> None:
     """A new version must keep the model's signature, or clients break depending on the version."""
     old_sig, new_sig = _signature(existing), _signature(new)
     for key in sorted(set(old_sig) | set(new_sig)):
         if old_sig.get(key) != new_sig.get(key):
             raise ConversionError(
-                f"the new version of '{existing.name}' changes {key}: existing "
-                f"{old_sig.get(key, 'absent')}, new {new_sig.get(key, 'absent')}; "
-                "publish it under another model name"
+                f"model '{existing.name}' in {model_dir.parent} already has {key} = "
+                f"{old_sig.get(key, 'absent')}, but this model has {new_sig.get(key, 'absent')}; "
+                "all versions of a model share its config.pbtxt and signature. Publish this one "
+                f"as a new model (another --name, e.g. --name {existing.name}_2), or remove "
+                f"{model_dir} to replace the model"
             )
+
+
+def _pad_inputs(config: mc.ModelConfig) -> str:
+    if PAD_PARAMETER not in config.parameters:
+        return "none"
+    return config.parameters[PAD_PARAMETER].string_value or "none"
+
+
+# The serving settings that publish options control, keyed by the option that sets them.
+_SERVING_SETTINGS: dict[str, Callable[[mc.ModelConfig], object]] = {
+    "--preferred-batch-size": lambda c: list(c.dynamic_batching.preferred_batch_size),
+    "--max-queue-delay-us": lambda c: c.dynamic_batching.max_queue_delay_microseconds,
+    "--instances": lambda c: sum(max(1, g.count) for g in c.instance_group) or 1,
+    "instance kind": lambda c: [mc.ModelInstanceGroup.Kind.Name(g.kind) for g in c.instance_group],
+    "--response-cache": lambda c: "on" if c.response_cache.enable else "off",
+    "--pad-inputs": _pad_inputs,
+}
+
+
+def serving_differences(existing: mc.ModelConfig, new: mc.ModelConfig) -> list[str]:
+    """``option old -> new`` for each serving setting the new config would change."""
+    differences = []
+    for option, read in _SERVING_SETTINGS.items():
+        old, wanted = read(existing), read(new)
+        if old != wanted:
+            differences.append(f"{option} {old} -> {wanted}")
+    return differences
 
 
 def apply_version_policy(config: mc.ModelConfig, versions: list[int], policy: str) -> None:

@@ -60,7 +60,9 @@ def test_existing_version_and_changed_signature_are_refused(tmp_path: Path) -> N
     with pytest.raises(ConversionError, match="already exists"):
         convert(import_onnx(tmp_path / "a.onnx"), PublishOptions(repo, "lin", version=1))
     other = onnx_graphs.linear(tmp_path / "b.onnx", features=7)
-    with pytest.raises(ConversionError, match="changes input 'x'"):
+    with pytest.raises(
+        ConversionError, match="already has input 'x' = FP32 \\[5\\], but this model"
+    ):
         convert(import_onnx(other), PublishOptions(repo, "lin"))
     assert tree_hash(repo) == before
 
@@ -154,3 +156,48 @@ def test_samples_file_and_pad_parameter(tmp_path: Path) -> None:
     report = json.loads((repo / "tok" / "1" / "parity.json").read_text())
     assert report["samples"] == 3
     assert config.input[0].data_type == mc.TYPE_INT64
+
+
+def _publish_lin(src: Path, repo: Path, *flags: str) -> str:
+    result = runner.invoke(app, ["onnx", str(src), "--name", "lin", "--repo", str(repo), *flags])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_new_version_names_the_options_it_cannot_apply(tmp_path: Path) -> None:
+    """Version 2+ keeps the model's config.pbtxt: differing serving flags are named, old -> new."""
+    src = onnx_graphs.linear(tmp_path / "lin.onnx")
+    repo = tmp_path / "repo"
+    _publish_lin(src, repo, "--instances", "2", "--preferred-batch-size", "8")
+    config_path = repo / "lin" / "config.pbtxt"
+    first = read_config(config_path)
+
+    same = _publish_lin(src, repo, "--instances", "2", "--preferred-batch-size", "8")
+    assert "is kept" not in same  # nothing differs: nothing to warn about
+
+    output = _publish_lin(
+        src, repo, "--response-cache", "--max-queue-delay-us", "500", "--preferred-batch-size", "4"
+    )
+    for change in (
+        "--instances 2 -> 1",
+        "--response-cache off -> on",
+        "--max-queue-delay-us 1000 -> 500",
+        "--preferred-batch-size [8] -> [4]",
+    ):
+        assert change in output, change
+    assert "edit that config.pbtxt" in output and "another --name" in output
+    kept = read_config(config_path)
+    assert kept.instance_group[0].count == 2 and not kept.response_cache.enable
+    kept.ClearField("version_policy")
+    first.ClearField("version_policy")
+    assert kept == first  # only the version policy changed (now: all versions)
+    report = json.loads((repo / "lin" / "3" / "parity.json").read_text())
+    assert any("--instances 2 -> 1" in note for note in report["notes"])
+
+
+def test_pad_inputs_change_is_named(tmp_path: Path) -> None:
+    src = onnx_graphs.token_sum(tmp_path / "tok.onnx")
+    repo = tmp_path / "repo"
+    convert(import_onnx(src), PublishOptions(repo, "tok"))
+    row = convert(import_onnx(src), PublishOptions(repo, "tok", pad_inputs=["input_ids"]))
+    assert any("--pad-inputs input_ids,attention_mask -> input_ids" in n for n in row["notes"])

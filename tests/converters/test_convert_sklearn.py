@@ -76,6 +76,10 @@ def test_regressor_pickle(tmp_path: Path) -> None:
     _, session = check_model_dir(tmp_path / "r" / "ridge", 1)
     got = run_session(session, {"input": x})["predictions"]
     np.testing.assert_allclose(got[:, 0], reg.predict(x), rtol=1e-4, atol=1e-4)
+    # the neural-network options (precision, padding, cosine) are not offered for estimators
+    for flag in ("--quantize", "--pad-inputs", "--min-cosine"):
+        result = runner.invoke(app, ["sklearn", str(path), "--name", "ridge", flag, "1"])
+        assert result.exit_code == 2 and "No such option" in result.output, flag
 
 
 def test_unsupported_estimator_is_named(tmp_path: Path) -> None:
