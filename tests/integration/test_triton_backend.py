@@ -22,9 +22,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from service.sources import TritonSource
 from service.errors import BadRequest
 from service.settings import Settings
+from service.sources import TritonSource
 from tests.helpers import Gateway, start_gateway
 from tests.triton_models import FEATURES, MODEL
 from tests.triton_server import (  # noqa: F401  (fixtures)

@@ -20,8 +20,8 @@ from service.grpc_codec import (
     parameters_to_dict,
 )
 from service.grpc_server import bind_address, server_options
-from service.settings import Settings
 from service.protocol.datatypes import serialize_bytes
+from service.settings import Settings
 from service.types import InferResponse
 
 LIMIT = 1 << 20
@@ -141,7 +141,9 @@ def _error(call: object, *args: object) -> str:
 
 def test_raw_size_mismatch_names_both_sizes() -> None:
     message = _error(decode_raw, "x", "FP32", (3, 4), b"\0" * 40, LIMIT)
-    assert message == "input 'x': 40 bytes of binary data do not match shape [3, 4] of FP32 (48 bytes)"
+    assert (
+        message == "input 'x': 40 bytes of binary data do not match shape [3, 4] of FP32 (48 bytes)"
+    )
 
 
 def test_unknown_datatype() -> None:
@@ -201,7 +203,9 @@ def test_missing_data_and_duplicate_inputs() -> None:
 def test_bad_priority_parameter() -> None:
     request = pb.ModelInferRequest(model_name="m")
     request.parameters["priority"].string_param = "high"
-    assert "parameter 'priority' must be a non-negative integer" in _error(decode_request, request, LIMIT)
+    assert "parameter 'priority' must be a non-negative integer" in _error(
+        decode_request, request, LIMIT
+    )
 
 
 def test_shared_memory_is_unimplemented() -> None:

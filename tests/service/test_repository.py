@@ -12,8 +12,8 @@ from tritonclient.grpc import model_config_pb2
 
 from service.dataplane import DataPlane
 from service.errors import NotFound, Unavailable
-from service.sources import select_versions
 from service.settings import Settings
+from service.sources import select_versions
 from service.types import InferRequest
 
 
