@@ -15,10 +15,12 @@ from google.protobuf.internal.containers import MessageMap
 from tritonclient.grpc import service_pb2 as pb
 
 from service.errors import BadRequest, Unimplemented
+from service.model import ModelVersion
 from service.protocol.datatypes import numpy_dtype, serialize_bytes
 from service.protocol.request import build_request
 from service.protocol.response import output_datatype
 from service.protocol.tensors import array_from_bytes, element_count
+from service.protocol.validation import check_declared
 from service.types import Array, InferRequest, InferResponse, Parameters
 
 # Which typed ``InferTensorContents`` field carries each datatype (FP16 has none: raw only).
@@ -125,9 +127,14 @@ def decode_contents(
     return array.reshape(dims)
 
 
-def decode_request(request: pb.ModelInferRequest, max_elements: int) -> InferRequest:
-    """``ModelInferRequest`` -> ``InferRequest`` (raw or typed contents, parameters, outputs)."""
-    inputs, datatypes = _decode_inputs(request, max_elements)
+def decode_request(
+    request: pb.ModelInferRequest, max_elements: int, model: ModelVersion | None = None
+) -> InferRequest:
+    """``ModelInferRequest`` -> ``InferRequest`` (raw or typed contents, parameters, outputs).
+
+    With ``model``, each input's datatype and shape are checked against its config before its
+    data is decoded."""
+    inputs, datatypes = _decode_inputs(request, max_elements, model)
     parameters = parameters_to_dict(request.parameters)
     return build_request(
         request.model_name,
@@ -141,7 +148,7 @@ def decode_request(request: pb.ModelInferRequest, max_elements: int) -> InferReq
 
 
 def _decode_inputs(
-    request: pb.ModelInferRequest, max_elements: int
+    request: pb.ModelInferRequest, max_elements: int, model: ModelVersion | None
 ) -> tuple[dict[str, Array], dict[str, str]]:
     raw_contents = request.raw_input_contents
     if raw_contents and len(raw_contents) != len(request.inputs):
@@ -158,6 +165,9 @@ def _decode_inputs(
         if _SHARED_MEMORY in tensor.parameters:
             raise Unimplemented(f"input '{name}': shared memory is not supported by this server")
         shape = tuple(tensor.shape)
+        if model is not None:
+            numpy_dtype(name, tensor.datatype)
+            check_declared(model, name, tensor.datatype, shape)
         if raw_contents:
             if tensor.HasField("contents"):
                 raise BadRequest(f"input '{name}': has both typed contents and raw_input_contents")

@@ -152,7 +152,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 task.cancel()
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        decoded = decode_request(request, self._max_elements)
+        model = self._dataplane.model(request.model_name, request.model_version)
+        decoded = decode_request(request, self._max_elements, model)
         response = await self._dataplane.infer(decoded)
         message = encode_response(response)
         if decoded.parameters.get(_EMPTY_FINAL) is True:

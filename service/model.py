@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from service.batching import DynamicBatcher
 
 PAD_INPUTS_PARAMETER = "infergate.pad_inputs"
+#: longest token sequence the model takes (its position embeddings); sources fill it from the graph
+MAX_SEQUENCE_PARAMETER = "infergate.max_sequence_length"
 
 
 class ModelState(StrEnum):
@@ -72,6 +74,7 @@ class ModelVersion:
     output_names: list[str] = field(init=False)
     max_batch_size: int = field(init=False)
     pad_inputs: frozenset[str] = field(init=False)
+    max_sequence_length: int = field(init=False)  # 0 = no limit known
     stats: ModelStats = field(init=False)
     scheduler: DynamicBatcher = field(init=False)
 
@@ -83,6 +86,8 @@ class ModelVersion:
         parameter = self.config.parameters.get(PAD_INPUTS_PARAMETER)
         names = parameter.string_value.split(",") if parameter is not None else []
         self.pad_inputs = frozenset(n.strip() for n in names if n.strip() in self.inputs)
+        limit = self.config.parameters.get(MAX_SEQUENCE_PARAMETER)
+        self.max_sequence_length = int(limit.string_value) if limit is not None else 0
         self.stats = ModelStats(self.name, self.version)
 
     @property

@@ -111,8 +111,9 @@ class InferEndpoint:
             encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
             if encoding:
                 body = decompress(body, encoding, self.max_body)
+            servable = self.dataplane.model(model, version)
             request, output_encoding = decode_request(
-                body, _header_length(headers), model, version, self.max_elements
+                body, _header_length(headers), servable, version, self.max_elements
             )
             request.client_gone = _disconnect_probe(receive)
             response = await self.dataplane.infer(request)

@@ -13,10 +13,12 @@ import numpy as np
 import orjson
 
 from service.errors import BadRequest, PayloadTooLarge
-from service.protocol.datatypes import serialize_bytes
+from service.model import ModelVersion
+from service.protocol.datatypes import numpy_dtype, serialize_bytes
 from service.protocol.request import build_request
 from service.protocol.response import output_datatype
 from service.protocol.tensors import array_from_bytes, array_from_values, element_count
+from service.protocol.validation import check_declared
 from service.types import Array, InferRequest, InferResponse, JsonObject
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -50,22 +52,25 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
         raise BadRequest(f"request body is not valid {encoding} data: {exc}") from exc
     if len(data) > limit or inflater.unconsumed_tail:
         raise PayloadTooLarge(f"decompressed request body exceeds {limit} bytes")
+    if not inflater.eof:
+        raise BadRequest(f"request body is truncated {encoding} data (no end of stream)")
     return data
 
 
 def decode_request(
     body: bytes,
     header_length: int | None,
-    model_name: str,
+    model: ModelVersion,
     model_version: str,
     max_elements: int,
 ) -> tuple[InferRequest, OutputEncoding]:
-    """Parse a v2 infer body. Returns the request and the output encoding options."""
+    """Parse a v2 infer body for ``model`` (each input's datatype and shape are checked against
+    its config before the data is decoded). Returns the request and the output encoding."""
     header, blob = _split_body(body, header_length)
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("request needs a non-empty 'inputs' list")
-    inputs, datatypes = _decode_inputs(raw_inputs, blob, max_elements)
+    inputs, datatypes = _decode_inputs(model, raw_inputs, blob, max_elements)
     parameters = header.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be an object")
@@ -73,7 +78,7 @@ def decode_request(
     encoding.binary_all = bool(parameters.get("binary_data_output", False))
     request_id = header.get("id", "")
     request = build_request(
-        model_name, model_version, inputs, datatypes, outputs, str(request_id), parameters
+        model.name, model_version, inputs, datatypes, outputs, str(request_id), parameters
     )
     return request, encoding
 
@@ -104,7 +109,7 @@ def parse_json_object(data: bytes) -> JsonObject:
 
 
 def _decode_inputs(
-    raw_inputs: list[object], blob: memoryview, max_elements: int
+    model: ModelVersion, raw_inputs: list[object], blob: memoryview, max_elements: int
 ) -> tuple[dict[str, Array], dict[str, str]]:
     inputs: dict[str, Array] = {}
     datatypes: dict[str, str] = {}
@@ -118,7 +123,7 @@ def _decode_inputs(
         if name in inputs:
             raise BadRequest(f"input '{name}' appears twice")
         datatype = raw.get("datatype")
-        array, offset = _decode_input(name, datatype, raw, blob, offset, max_elements)
+        array, offset = _decode_input(model, name, datatype, raw, blob, offset, max_elements)
         inputs[name] = array
         datatypes[name] = str(datatype)
     if offset != len(blob):
@@ -127,6 +132,7 @@ def _decode_inputs(
 
 
 def _decode_input(
+    model: ModelVersion,
     name: str,
     datatype: object,
     raw: JsonObject,
@@ -137,7 +143,9 @@ def _decode_input(
     """One input's tensor from JSON ``data`` or its slice of the binary data."""
     if not isinstance(datatype, str):
         raise BadRequest(f"input '{name}': unknown datatype {datatype!r}")
+    numpy_dtype(name, datatype)
     shape, count = element_count(name, raw.get("shape"), max_elements)
+    check_declared(model, name, datatype, shape)
     parameters = raw.get("parameters") or {}
     size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
     if size is None:

@@ -17,6 +17,7 @@ from service.backends.base import Backend
 from service.backends.triton import TritonBackend
 from service.backends.triton_replicas import Replica, ReplicaPool
 from service.errors import Unavailable
+from service.model import MAX_SEQUENCE_PARAMETER, PAD_INPUTS_PARAMETER
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,27 @@ class LocalOnnxSource(ModelSource):
             config.CopyFrom(base)
             backend = OnnxRuntimeBackend(folder / str(version) / filename, config, self.settings)
             backend.complete_config(config)
+            _complete_sequence_limit(config, folder / str(version) / filename)
             loaded[str(version)] = (config, backend)
         return loaded
+
+
+def _complete_sequence_limit(config: model_config_pb2.ModelConfig, model_path: Path) -> None:
+    """Token models (those with pad inputs) get ``infergate.max_sequence_length`` from the graph
+    when the config does not set it: the rows of the position-embedding table, the longest
+    sequence the model can take (ONNX Runtime fails with an internal error past it)."""
+    if PAD_INPUTS_PARAMETER not in config.parameters:
+        return
+    if MAX_SEQUENCE_PARAMETER in config.parameters:
+        return
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    for initializer in graph.initializer:
+        if "position_embedding" in initializer.name and len(initializer.dims) == 2:
+            limit = str(initializer.dims[0])
+            config.parameters[MAX_SEQUENCE_PARAMETER].string_value = limit
+            return
 
 
 class TritonSource(ModelSource):

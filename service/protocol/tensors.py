@@ -15,12 +15,17 @@ from service.errors import BadRequest
 from service.protocol.datatypes import deserialize_bytes, numpy_dtype
 from service.types import Array
 
+#: numpy's own limit on dimensions; any model's inputs have far fewer
+MAX_RANK = 64
+
 
 def element_count(name: str, shape: object, limit: int) -> tuple[tuple[int, ...], int]:
     """Validate a declared shape; return it as a tuple with its element count."""
     if not isinstance(shape, Sequence) or isinstance(shape, str | bytes):
         raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
     dims = list(shape)
+    if len(dims) > MAX_RANK:
+        raise BadRequest(f"input '{name}': shape has {len(dims)} dimensions; at most {MAX_RANK}")
     if not all(type(dim) is int for dim in dims):
         raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
     if any(dim < 0 for dim in dims):
@@ -67,12 +72,29 @@ def array_from_values(
             result[index] = item.encode("utf-8")
         return result.reshape(shape)
     try:
-        with np.errstate(over="ignore"):  # an overflow becomes Inf, which validation rejects
-            array = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
+        parsed = np.asarray(data)  # numbers and bools only: "1e3" must not become 1000.0
+    except (ValueError, TypeError) as exc:
         raise BadRequest(f"input '{name}': data does not fit datatype {datatype}: {exc}") from exc
-    _check_count(name, shape, count, array.size)
-    return array.reshape(shape)
+    if parsed.size and parsed.dtype.kind not in _JSON_KINDS[dtype.kind]:
+        raise BadRequest(
+            f"input '{name}': data does not fit datatype {datatype}: JSON "
+            f"{_KIND_NAMES.get(parsed.dtype.kind, 'values')} given"
+        )
+    _check_count(name, shape, count, parsed.size)
+    if dtype.kind in "iu" and parsed.size:
+        info = np.iinfo(dtype.str)
+        if parsed.min() < info.min or parsed.max() > info.max:
+            raise BadRequest(
+                f"input '{name}': data does not fit datatype {datatype}: values outside "
+                f"[{info.min}, {info.max}]"
+            )
+    with np.errstate(over="ignore"):  # an FP32 overflow becomes Inf, which validation rejects
+        return parsed.astype(dtype, copy=False).reshape(shape)
+
+
+# The JSON value kinds (numpy kinds after parsing) each datatype kind accepts.
+_JSON_KINDS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
+_KIND_NAMES = {"U": "strings", "S": "strings", "O": "objects", "f": "non-integers", "b": "bools"}
 
 
 def _check_count(name: str, shape: tuple[int, ...], count: int, got: int) -> None:

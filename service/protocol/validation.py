@@ -1,7 +1,12 @@
-"""A decoded request checked against the model's config: names, datatypes, shapes, batch size.
+"""A request checked against the model's config: names, datatypes, shapes, batch and sequence
+limits.
 
-Runs for every protocol before the cache and the batcher, so a bad request never costs a model
-execution and gets the same message over REST, gRPC and v1.
+The declared datatype and shape of each input are checked by :func:`check_declared` as the
+front end decodes, before any tensor data is read or allocated, so a hostile shape or a huge
+body for the wrong input costs nothing. :func:`validate` then checks the whole request (every
+protocol, before the cache and the batcher), so a bad request never costs a model execution and
+gets the same message over REST, gRPC and v1. Messages start with Triton's wording, which
+clients match on, and add the detail after it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,30 @@ class Admitted:
     output_names: list[str]  # the outputs to return, in order
 
 
+def check_declared(model: ModelVersion, name: str, datatype: str, shape: tuple[int, ...]) -> None:
+    """One input as declared (name, datatype, shape), before its data is decoded."""
+    spec = model.inputs.get(name)
+    if spec is None:
+        raise _unexpected_input(model, name)
+    if datatype != spec.datatype:
+        raise BadRequest(
+            f"inference input '{name}' data-type is '{datatype}', but model '{model.name}' "
+            f"expects '{spec.datatype}'"
+        )
+    expected = (-1, *spec.dims) if model.batches else spec.dims
+    if len(shape) != len(expected) or any(
+        want != -1 and have != want for have, want in zip(shape, expected)
+    ):
+        raise BadRequest(
+            f"unexpected shape for input '{name}' for model '{model.name}'. "
+            f"Expected {_shape(expected)}, got {_shape(shape)}"
+        )
+    if model.batches:
+        _check_batch_rows(model, name, shape[0])
+    if name in model.pad_inputs:
+        _check_sequence(model, name, shape)
+
+
 def validate(model: ModelVersion, request: InferRequest, max_elements: int) -> Admitted:
     """Check ``request`` against ``model``; raise ``BadRequest`` naming the first problem."""
     _check_names(model, request)
@@ -31,15 +60,17 @@ def validate(model: ModelVersion, request: InferRequest, max_elements: int) -> A
     signature: list[object] = []
     for index, (name, spec) in enumerate(model.inputs.items()):
         array = request.inputs[name]
-        _check_tensor(model, spec, array, request.datatypes.get(name, spec.datatype), max_elements)
+        check_declared(model, name, request.datatypes.get(name, spec.datatype), array.shape)
+        _check_values(spec, array, max_elements)
         if model.batches:
             if index == 0:
-                rows = _batch_rows(model, name, array)
+                rows = array.shape[0]
             elif array.shape[0] != rows:
                 raise BadRequest(
                     f"input '{name}' has batch size {array.shape[0]} but other inputs have {rows}"
                 )
         signature.append(array.ndim if name in model.pad_inputs else array.shape[1:])
+    _check_paired_sequences(model, request)
     return Admitted(rows, tuple(signature), output_names(model, request.outputs))
 
 
@@ -50,7 +81,7 @@ def output_names(model: ModelVersion, requested: list[str] | None) -> list[str]:
     for name in requested:
         if name not in model.outputs:
             raise BadRequest(
-                f"unknown output '{name}' for model '{model.name}' "
+                f"unexpected inference output '{name}' for model '{model.name}' "
                 f"(outputs: {', '.join(model.outputs)})"
             )
     return requested
@@ -60,41 +91,60 @@ def _check_names(model: ModelVersion, request: InferRequest) -> None:
     if request.inputs.keys() == model.inputs.keys():
         return
     unexpected = sorted(set(request.inputs) - set(model.inputs))
-    missing = sorted(set(model.inputs) - set(request.inputs))
-    detail = (
-        f"unexpected input '{unexpected[0]}'" if unexpected else f"missing input '{missing[0]}'"
-    )
+    if unexpected:
+        raise _unexpected_input(model, unexpected[0])
+    missing = [name for name in model.inputs if name not in request.inputs]
     raise BadRequest(
-        f"{detail} for model '{model.name}' (expected inputs: {', '.join(model.inputs)})"
+        f"expected {len(model.inputs)} inputs but got {len(request.inputs)} inputs for model "
+        f"'{model.name}': missing required input(s) {missing}"
     )
 
 
-def _check_tensor(
-    model: ModelVersion, spec: TensorSpec, array: Array, declared: str, max_elements: int
-) -> None:
-    name = spec.name
-    if declared != spec.datatype:
-        raise BadRequest(f"input '{name}' expected datatype {spec.datatype}, got {declared}")
-    expected = (-1, *spec.dims) if model.batches else spec.dims
-    shape = array.shape
-    if len(shape) != len(expected) or any(
-        want != -1 and have != want for have, want in zip(shape, expected)
-    ):
-        raise BadRequest(f"input '{name}' expected shape {_shape(expected)}, got {_shape(shape)}")
+def _unexpected_input(model: ModelVersion, name: str) -> BadRequest:
+    return BadRequest(
+        f"unexpected inference input '{name}' for model '{model.name}' "
+        f"(expected inputs: {', '.join(model.inputs)})"
+    )
+
+
+def _check_values(spec: TensorSpec, array: Array, max_elements: int) -> None:
     if array.size > max_elements:
-        raise BadRequest(f"input '{name}' has {array.size} elements; the limit is {max_elements}")
+        raise BadRequest(
+            f"input '{spec.name}' has {array.size} elements; the limit is {max_elements}"
+        )
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise BadRequest(f"input '{name}' contains NaN or Inf")
+        raise BadRequest(f"input '{spec.name}' contains NaN or Inf")
 
 
-def _batch_rows(model: ModelVersion, name: str, array: Array) -> int:
-    rows = int(array.shape[0])
+def _check_batch_rows(model: ModelVersion, name: str, rows: int) -> None:
     if rows < 1 or rows > model.max_batch_size:
         raise BadRequest(
-            f"input '{name}' batch size {rows} is outside 1..{model.max_batch_size}"
-            f" (max_batch_size of model '{model.name}')"
+            f"inference request batch-size must be <= {model.max_batch_size} for "
+            f"'{model.name}' (input '{name}' has batch size {rows})"
         )
-    return rows
+
+
+def _check_sequence(model: ModelVersion, name: str, shape: tuple[int, ...]) -> None:
+    """Token inputs: no empty sequence, none longer than the model's position embeddings."""
+    length = shape[-1] if shape else 0
+    if length < 1:
+        raise BadRequest(f"input '{name}' of model '{model.name}' has an empty sequence")
+    limit = model.max_sequence_length
+    if limit and length > limit:
+        raise BadRequest(
+            f"input '{name}' has a sequence of {length} tokens; model '{model.name}' takes at "
+            f"most {limit}"
+        )
+
+
+def _check_paired_sequences(model: ModelVersion, request: InferRequest) -> None:
+    """Token ids, attention mask and token types describe the same tokens: equal shapes."""
+    shapes = {name: request.inputs[name].shape for name in sorted(model.pad_inputs)}
+    if len(set(shapes.values())) > 1:
+        described = ", ".join(f"'{name}' {_shape(shape)}" for name, shape in shapes.items())
+        raise BadRequest(
+            f"inputs of model '{model.name}' must have the same shape, got {described}"
+        )
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -17,8 +17,9 @@ import pytest
 
 from service.errors import BadRequest, InferenceError, PayloadTooLarge
 from service.model import ModelVersion
+from service.protocol.tensors import array_from_bytes, array_from_values
 from service.protocol.validation import validate
-from service.rest_codec import decode_request, decompress, encode_response
+from service.rest_codec import OutputEncoding, decode_request, decompress, encode_response
 from service.settings import Settings
 from service.sources import LocalOnnxSource
 from service.types import InferResponse
@@ -83,23 +84,22 @@ DECODE_ERRORS: dict[str, tuple[bytes, int | None, str]] = {
         5000,
         "Inference-Header-Content-Length 5000 is past the body (14 bytes)",
     ),
-    "truncated BYTES element": (
-        *binary_body(
-            {"inputs": [binary_input([1], "BYTES", 7, name="text")]},
-            struct.pack("<I", 10) + b"abc",
-        ),
-        "input 'text': BYTES element 0 runs past the data",
-    ),
 }
 
 
 @pytest.mark.parametrize("case", list(DECODE_ERRORS), ids=list(DECODE_ERRORS))
-def test_decode_errors_are_precise_400s(case: str) -> None:
+def test_decode_errors_are_precise_400s(digits_mlp: ModelVersion, case: str) -> None:
     body, header_length, message = DECODE_ERRORS[case]
     with pytest.raises(BadRequest) as info:
-        decode_request(body, header_length, "digits_mlp", "", LIMIT)
+        decode_request(body, header_length, digits_mlp, "", LIMIT)
     assert info.value.http_status == 400
     assert message in info.value.message
+
+
+def test_truncated_bytes_element() -> None:
+    blob = struct.pack("<I", 10) + b"abc"
+    with pytest.raises(BadRequest, match="input 'text': BYTES element 0 runs past the data"):
+        array_from_bytes("text", "BYTES", (1,), 1, blob)
 
 
 def test_bad_gzip_and_bombs() -> None:
@@ -119,8 +119,9 @@ def digits_mlp(example_repo: Path) -> Iterator[ModelVersion]:
 
 
 def _model_error(model: ModelVersion, body: bytes, header_length: int | None = None) -> str:
-    request, _ = decode_request(body, header_length, model.name, "", LIMIT)
+    """Decoding checks what each input declares; validation checks the whole request."""
     with pytest.raises(BadRequest) as info:
+        request, _ = decode_request(body, header_length, model, "", LIMIT)
         validate(model, request, LIMIT)
     return info.value.message
 
@@ -133,22 +134,22 @@ MODEL_ERRORS: dict[str, tuple[bytes, int | None, str]] = {
     "wrong input name": (
         json_body(name="pixels"),
         None,
-        "unexpected input 'pixels' for model 'digits_mlp' (expected inputs: input)",
+        "unexpected inference input 'pixels' for model 'digits_mlp' (expected inputs: input)",
     ),
     "wrong shape": (
         json_body(shape=[1, 63], data=[0] * 63),
         None,
-        "input 'input' expected shape [-1,64], got [1,63]",
+        "unexpected shape for input 'input' for model 'digits_mlp'. Expected [-1,64], got [1,63]",
     ),
     "wrong datatype": (
         json_body(datatype="INT32", data=[1] * 64),
         None,
-        "input 'input' expected datatype FP32, got INT32",
+        "inference input 'input' data-type is 'INT32', but model 'digits_mlp' expects 'FP32'",
     ),
     "batch over max_batch_size": (
         json_body(shape=[1000, 64], data=[0.0] * 64000),
         None,
-        "batch size 1000 is outside",
+        "batch-size must be <= 64 for 'digits_mlp' (input 'input' has batch size 1000)",
     ),
     "FP32 overflow in JSON becomes Inf": (
         json_body(data=[0.5] * 63 + [1e39]),
@@ -162,7 +163,7 @@ MODEL_ERRORS: dict[str, tuple[bytes, int | None, str]] = {
     "unknown output": (
         json.dumps({**GOOD, "outputs": [{"name": "logits"}]}).encode(),
         None,
-        "unknown output 'logits' for model 'digits_mlp'",
+        "unexpected inference output 'logits' for model 'digits_mlp' (outputs: probabilities)",
     ),
 }
 
@@ -183,7 +184,7 @@ def test_binary_inf_is_named_exactly(digits_mlp: ModelVersion) -> None:
 
 
 def test_a_good_request_passes_and_round_trips(digits_mlp: ModelVersion) -> None:
-    request, encoding = decode_request(json.dumps(GOOD).encode(), None, "digits_mlp", "", LIMIT)
+    request, encoding = decode_request(json.dumps(GOOD).encode(), None, digits_mlp, "", LIMIT)
     admitted = validate(digits_mlp, request, LIMIT)
     assert admitted.rows == 1 and admitted.output_names == digits_mlp.output_names
     outputs = {"probabilities": np.arange(10, dtype=np.float32).reshape(1, 10)}
@@ -198,8 +199,76 @@ def test_a_good_request_passes_and_round_trips(digits_mlp: ModelVersion) -> None
 def test_an_output_dtype_without_a_v2_datatype_is_a_500() -> None:
     outputs = {"complex": np.zeros(2, np.complex64)}
     with pytest.raises(InferenceError) as info:
-        encode_response(
-            InferResponse("m", "1", outputs),
-            decode_request(json.dumps(GOOD).encode(), None, "m", "", LIMIT)[1],
-        )
+        encode_response(InferResponse("m", "1", outputs), OutputEncoding())
     assert info.value.http_status == 500 and "output 'complex'" in info.value.message
+
+
+# Hostile requests found by fuzzing: each a precise 400, decided before data is decoded.
+HOSTILE: dict[str, tuple[bytes, int | None, str]] = {
+    "datatype is an object": (json_body(datatype={}), None, "unknown datatype {}"),
+    "datatype is a list": (json_body(datatype=[]), None, "unknown datatype []"),
+    "33 dimensions": (
+        json_body(shape=[1] * 33, data=[0.5]),
+        None,
+        "unexpected shape for input 'input' for model 'digits_mlp'. Expected [-1,64]",
+    ),
+    "65 dimensions": (json_body(shape=[1] * 65, data=[0.5]), None, "at most 64"),
+    "FP32 data as strings": (json_body(data=["1e3"] * 64), None, "JSON strings given"),
+    "huge BYTES input for an FP32 input, checked before its data": (
+        *binary_body({"inputs": [binary_input([15_000_000], "BYTES", 60_000_000)]}, b""),
+        "inference input 'input' data-type is 'BYTES', but model 'digits_mlp' expects 'FP32'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE), ids=list(HOSTILE))
+def test_hostile_requests_are_precise_400s(digits_mlp: ModelVersion, case: str) -> None:
+    body, header_length, message = HOSTILE[case]
+    assert message in _model_error(digits_mlp, body, header_length)
+
+
+def test_json_integers_must_be_integers_in_range() -> None:
+    with pytest.raises(BadRequest, match="JSON non-integers given"):
+        array_from_values("ids", "INT64", (2,), 2, [1.5, 2])
+    with pytest.raises(BadRequest, match=r"values outside \[-128, 127\]"):
+        array_from_values("ids", "INT8", (2,), 2, [1, 300])
+    with pytest.raises(BadRequest, match="JSON strings given"):
+        array_from_values("flag", "BOOL", (1,), 1, ["true"])
+    assert array_from_values("ids", "INT64", (1, 2), 2, [[3, 4]]).tolist() == [[3, 4]]
+
+
+def test_truncated_gzip_is_rejected() -> None:
+    whole = gzip.compress(json.dumps(GOOD).encode())
+    with pytest.raises(BadRequest, match="truncated gzip data"):
+        decompress(whole[:-8], "gzip", LIMIT)  # the stream without its trailer
+
+
+@pytest.fixture(scope="module")
+def minilm(example_repo: Path) -> ModelVersion:
+    source = LocalOnnxSource(example_repo, Settings())
+    config, backend = source._load_sync("minilm_embed")["1"]
+    return ModelVersion("minilm_embed", "1", config, backend)
+
+
+def _tokens(ids: int, mask: int, types: int) -> bytes:
+    def tensor(name: str, length: int) -> dict[str, object]:
+        return {"name": name, "shape": [1, length], "datatype": "INT64", "data": [1] * length}
+
+    inputs = [tensor("input_ids", ids), tensor("attention_mask", mask)]
+    inputs.append(tensor("token_type_ids", types))
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def test_token_inputs_are_checked_against_the_graph(minilm: ModelVersion) -> None:
+    assert minilm.max_sequence_length == 512  # the rows of its position-embedding table
+    assert "has an empty sequence" in _model_error(minilm, _tokens(0, 0, 0))
+    assert "'attention_mask' [1,7], 'input_ids' [1,8]" in _model_error(minilm, _tokens(8, 7, 8))
+    too_long = _model_error(minilm, _tokens(513, 513, 513))
+    assert "sequence of 513 tokens; model 'minilm_embed' takes at most 512" in too_long
+    request, _ = decode_request(_tokens(512, 512, 512), None, minilm, "", LIMIT)
+    assert validate(minilm, request, LIMIT).rows == 1
+
+
+def test_a_million_tokens_are_refused_before_they_become_an_array(minilm: ModelVersion) -> None:
+    body = _tokens(1_000_000, 1, 1)
+    assert "takes at most 512" in _model_error(minilm, body)
