@@ -14,14 +14,14 @@ from tritonclient.grpc import model_config_pb2
 from service import __version__
 from service.batching import DynamicBatcher, Outputs
 from service.cache import ResponseCache
-from service.errors import InferenceError
+from service.errors import BadRequest, InferenceError, NotFound, Unavailable
 from service.metrics import render as render_metrics
 from service.model import ModelVersion
 from service.protocol.validation import Admitted, validate
 from service.repository import IndexRow, ModelRepository
 from service.settings import Settings
 from service.sources import make_source
-from service.types import InferRequest, InferResponse, JsonObject
+from service.types import InferRequest, InferResponse, JsonObject, Parameters
 
 EXTENSIONS = [
     "binary_tensor_data",
@@ -69,7 +69,7 @@ class DataPlane:
         return self._started and self.repository.ready()
 
     def server_metadata(self) -> JsonObject:
-        return {"name": "infergate", "version": __version__, "extensions": EXTENSIONS}
+        return {"name": self.settings.server_name, "version": __version__, "extensions": EXTENSIONS}
 
     def model(self, name: str, version: str = "") -> ModelVersion:
         """The servable version a request names; NotFound / Unavailable with the reason."""
@@ -120,11 +120,30 @@ class DataPlane:
     async def repository_index(self) -> list[IndexRow]:
         return await self.repository.index()
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, parameters: Parameters | None = None) -> None:
+        """Triton's repository extension: only in explicit mode, without config overrides."""
+        self._check_model_control(name)
+        overrides = sorted(key for key in parameters or {} if key == "config" or "file:" in key)
+        if overrides:
+            raise BadRequest(
+                "loading with a config or file override is not supported by this server "
+                f"(got {', '.join(overrides)}); edit the model's config.pbtxt instead"
+            )
         await self.repository.load(name)
+        failure = self.repository.failure(name)
+        if failure:
+            raise BadRequest(f"failed to load '{name}': {failure}")
 
     async def unload_model(self, name: str) -> None:
+        self._check_model_control(name)
         await self.repository.unload(name)
+
+    def _check_model_control(self, name: str) -> None:
+        if self.settings.model_control_mode == "explicit":
+            return
+        if name not in self.repository.models:
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
+        raise Unavailable("explicit model load / unload is not allowed if polling is enabled")
 
     # -- inference ------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:

@@ -19,7 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service.errors import as_inference_error
-from service.grpc_codec import decode_request, encode_response
+from service.grpc_codec import decode_request, encode_response, parameters_to_dict
 
 if TYPE_CHECKING:
     from service.dataplane import DataPlane
@@ -95,13 +95,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        if request.parameters:
-            keys = ", ".join(sorted(request.parameters))
-            await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED,
-                f"loading with config/file overrides is not supported (got {keys})",
-            )
-        await _guard(context, self._dataplane.load_model, request.model_name)
+        parameters = parameters_to_dict(request.parameters)
+        await _guard(context, self._dataplane.load_model, request.model_name, parameters)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(

@@ -28,6 +28,8 @@ class ModelEntry:
     reason: str = ""
     versions: dict[str, ModelVersion] = field(default_factory=dict)
     default_version: str = ""
+    #: meant to be loaded: counts for server readiness (an unloaded model no longer does)
+    wanted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,24 +98,33 @@ class ModelRepository:
     def get(self, name: str, version: str = "") -> ModelVersion:
         entry = self.models.get(name)
         if entry is None:
-            raise NotFound(f"unknown model '{name}'")
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
         if not entry.versions:
             reason = f": {entry.reason}" if entry.reason else ""
             raise Unavailable(f"model '{name}' is {entry.state}{reason}")
         found = entry.versions.get(version or entry.default_version)
         if found is None:
             raise NotFound(
-                f"model '{name}' has no ready version '{version}' "
-                f"(ready: {', '.join(sorted(entry.versions, key=int))})"
+                f"Request for unknown model: '{name}' version {version} is not found "
+                f"(ready versions: {', '.join(sorted(entry.versions, key=int))})"
             )
         return found
 
     def ready(self) -> bool:
+        """Triton's strict readiness: every model meant to be loaded is READY and can run."""
         return all(
             entry.state is ModelState.READY
             and any(v.backend.healthy() for v in entry.versions.values())
             for entry in self.models.values()
+            if entry.wanted
         )
+
+    def failure(self, name: str) -> str:
+        """Why ``name`` is not READY after a load ("" when it is)."""
+        entry = self.models.get(name)
+        if entry is None or entry.state is ModelState.READY:
+            return ""
+        return entry.reason or str(entry.state)
 
     async def index(self) -> list[IndexRow]:
         """Every model the source holds or the repository knows, a row per ready version."""
@@ -131,10 +142,10 @@ class ModelRepository:
     async def load(self, name: str) -> None:
         """Load (or reload) every servable version of ``name``."""
         async with self._lock:
-            entry = self.models.setdefault(name, ModelEntry(name))
             if name not in await self.source.model_names():
-                entry.state, entry.reason = ModelState.UNAVAILABLE, "not found in the repository"
-                raise NotFound(f"model '{name}' is not in the repository")
+                raise NotFound(f"failed to load '{name}': not in the repository")
+            entry = self.models.setdefault(name, ModelEntry(name))
+            entry.wanted = True
             try:
                 loaded = await self.source.load(name)
                 fresh = {
@@ -146,7 +157,9 @@ class ModelRepository:
                 entry.state, entry.reason = ModelState.UNAVAILABLE, str(exc)
                 if not entry.versions:
                     return
-                raise Unavailable(f"model '{name}' failed to reload: {exc}") from exc
+                raise Unavailable(
+                    f"failed to load '{name}': {exc} (the versions loaded before keep serving)"
+                ) from exc
             for model_version in fresh.values():
                 self._attach(model_version)
             previous, entry.versions = entry.versions, fresh
@@ -160,9 +173,10 @@ class ModelRepository:
         async with self._lock:
             entry = self.models.get(name)
             if entry is None:
-                raise NotFound(f"unknown model '{name}'")
+                raise NotFound(f"Request for unknown model: '{name}' is not found")
             previous, entry.versions = entry.versions, {}
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+            entry.wanted = False
         for old in previous.values():
             await self._detach(old)
 

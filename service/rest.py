@@ -45,6 +45,14 @@ Headers = list[tuple[bytes, bytes]]
 
 _JSON: Headers = [(b"content-type", b"application/json")]
 
+#: Triton extensions this server does not offer (and does not list in ``/v2``), by route prefix
+UNSUPPORTED = {
+    "systemsharedmemory": "system shared memory",
+    "cudasharedmemory": "CUDA shared memory",
+    "trace": "trace settings",
+    "logging": "log settings",
+}
+
 
 def error_response(error: InferenceError) -> tuple[int, Headers, bytes]:
     """The one place an error becomes an HTTP answer: status, headers, v2 ``{"error"}`` body."""
@@ -256,8 +264,11 @@ def build_app(dataplane: DataPlane) -> InferEndpoint:
         return _json([row.to_json() for row in rows if not ready_only or row.state == "READY"])
 
     @api.post("/v2/repository/models/{model}/load")
-    async def repository_load(model: str) -> Response:
-        await dataplane.load_model(model)
+    async def repository_load(model: str, request: Request) -> Response:
+        parameters = (await _optional_json(request)).get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise BadRequest("'parameters' must be an object")
+        await dataplane.load_model(model, parameters)
         return _json({})
 
     @api.post("/v2/repository/models/{model}/unload")
@@ -270,6 +281,14 @@ def build_app(dataplane: DataPlane) -> InferEndpoint:
         servable = dataplane.model(model)
         response = await dataplane.infer(decode_predict(servable, await _optional_json(request)))
         return _json(encode_predict(servable, response))
+
+    async def unsupported(request: Request) -> Response:
+        feature = UNSUPPORTED[request.url.path.split("/")[2]]
+        raise BadRequest(f"{feature} is not supported by this server")
+
+    for prefix in UNSUPPORTED:
+        for path in (f"/v2/{prefix}", f"/v2/{prefix}/{{rest:path}}"):
+            api.add_api_route(path, unsupported, methods=["GET", "POST"], include_in_schema=False)
 
     @api.get("/metrics")
     async def metrics() -> Response:

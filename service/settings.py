@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     log_json: bool = Field(
         default=False, description="one JSON object per log line instead of text"
     )
+    server_name: str = Field(
+        default="infergate",
+        description="name in GET /v2 (server metadata); 'triton' for a drop-in deployment",
+    )
 
     # --- backends ----------------------------------------------------------------------------
     backend: Literal["onnxruntime", "triton"] = Field(

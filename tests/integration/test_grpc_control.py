@@ -201,11 +201,15 @@ def test_decode_errors_are_precise(stub: pb_grpc.GRPCInferenceServiceStub) -> No
     mismatch = mlp_request(x)
     mismatch.inputs[0].datatype = "FP64"
     mismatch.raw_input_contents[0] = x.astype(np.float64).tobytes()
-    assert_status(lambda: stub.ModelInfer(mismatch), invalid, "expected datatype FP32, got FP64")
+    assert_status(
+        lambda: stub.ModelInfer(mismatch), invalid, "data-type is 'FP64', but model 'tiny_mlp'"
+    )
 
     missing = pb.ModelInferRequest(model_name="no_such_model")
     assert_status(
-        lambda: stub.ModelInfer(missing), grpc.StatusCode.NOT_FOUND, "unknown model 'no_such_model'"
+        lambda: stub.ModelInfer(missing),
+        grpc.StatusCode.NOT_FOUND,
+        "Request for unknown model: 'no_such_model' is not found",
     )
     # Every failure above left the server serving.
     assert len(stub.ModelInfer(mlp_request(x)).raw_output_contents) == 1
@@ -216,8 +220,9 @@ def test_client_errors_and_unsupported_features(client: grpcclient.InferenceServ
     with pytest.raises(InferenceServerException) as info:
         client.infer(MODEL, [mlp_input(x)])
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert (
-        info.value.message() == f"input 'x' expected shape [-1,{FEATURES}], got [1,{FEATURES - 1}]"
+    assert info.value.message() == (
+        f"unexpected shape for input 'x' for model '{MODEL}'. "
+        f"Expected [-1,{FEATURES}], got [1,{FEATURES - 1}]"
     )
 
     with pytest.raises(InferenceServerException) as info:
@@ -264,7 +269,7 @@ def test_stream_carries_errors_without_ending(
         client.stop_stream()
     errors = [error for result, error in answers if error is not None]
     assert len(errors) == 3
-    assert all("expected shape" in str(error) for error in errors)
+    assert all("unexpected shape for input" in str(error) for error in errors)
     got = {r.get_response().id: r.as_numpy("probs") for r, e in answers if e is None}
     assert got.keys() == sent.keys()
     for key, x in sent.items():

@@ -211,9 +211,9 @@ def test_bad_requests_get_precise_errors_and_server_keeps_serving(
     narrow = good[:, :-1].copy()
     code, message = status(lambda: client.infer(name, to_inputs(grpcclient, {spec.name: narrow})))
     assert code == "StatusCode.INVALID_ARGUMENT"
-    assert (
-        message
-        == f"input '{spec.name}' expected shape {_shape(spec.shape)}, got {_shape(narrow.shape)}"
+    assert message == (
+        f"unexpected shape for input '{spec.name}' for model '{name}'. "
+        f"Expected {_shape(spec.shape)}, got {_shape(narrow.shape)}"
     )
 
     as_double = good.astype(np.float64)
@@ -221,7 +221,7 @@ def test_bad_requests_get_precise_errors_and_server_keeps_serving(
         lambda: client.infer(name, to_inputs(grpcclient, {spec.name: as_double}))
     )
     assert code == "StatusCode.INVALID_ARGUMENT"
-    assert f"expected datatype {spec.datatype}, got FP64" in message
+    assert f"data-type is 'FP64', but model '{name}' expects '{spec.datatype}'" in message
 
     code, message = status(lambda: client.infer(name, to_inputs(grpcclient, {"bogus": good})))
     assert code == "StatusCode.INVALID_ARGUMENT" and "'bogus'" in message

@@ -44,7 +44,7 @@ CASES = {
         ).encode(),
         {},
         400,
-        "input 'input' expected shape [-1,64], got [1,63]",
+        "unexpected shape for input 'input' for model 'digits_mlp'. Expected [-1,64], got [1,63]",
     ),
     "truncated binary body": (
         *binary_body({"inputs": [binary_input([1, 64], size=256)]}, FLOATS_64[:100]),
@@ -73,7 +73,7 @@ def test_bad_input_gets_a_precise_4xx(gateway, case):
     [
         ("GET", "/v2/nothing/here", 404, "no endpoint GET /v2/nothing/here"),
         ("GET", "/v2/models/..%2F..%2Fetc/config", 404, "no endpoint"),
-        ("GET", "/v2/models/nope/config", 404, "unknown model 'nope'"),
+        ("GET", "/v2/models/nope/config", 404, "Request for unknown model: 'nope' is not found"),
         (
             "DELETE",
             "/v2/models/digits_mlp",
@@ -101,8 +101,12 @@ def test_statistics_of_all_models_is_not_taken_for_a_model_named_stats(gateway):
 @pytest.mark.parametrize(
     "path, status, message",
     [
-        ("/v2/models/nope/infer", 404, "unknown model 'nope'"),
-        ("/v2/models/digits_mlp/versions/77/infer", 404, "has no ready version '77'"),
+        ("/v2/models/nope/infer", 404, "Request for unknown model: 'nope' is not found"),
+        (
+            "/v2/models/digits_mlp/versions/77/infer",
+            404,
+            "Request for unknown model: 'digits_mlp' version 77 is not found (ready versions: 1)",
+        ),
     ],
 )
 def test_unknown_model_or_version(gateway, path, status, message):

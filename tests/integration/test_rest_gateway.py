@@ -155,7 +155,7 @@ def test_explicit_versions_and_unknown_version(client):
     metadata = client.get_model_metadata("minilm_embed")
     assert {"1", "2"} <= set(metadata["versions"])
     assert client.get_model_metadata("minilm_embed", "1")["name"] == "minilm_embed"
-    with pytest.raises(Exception, match="no ready version '9'"):
+    with pytest.raises(Exception, match="'minilm_embed' version 9 is not found"):
         client.get_model_metadata("minilm_embed", "9")
 
 

@@ -110,7 +110,7 @@ async def test_explicit_unload_and_load(repo):
 
 
 async def test_reload_under_load_drops_no_request(repo):
-    dataplane = await start(repo)
+    dataplane = await start(repo, model_control_mode="explicit")
     try:
 
         async def client(seed: int) -> int:
