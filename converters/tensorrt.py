@@ -6,7 +6,6 @@ Parity runs the engine on CUDA through torch tensors against ONNX Runtime on the
 
 from __future__ import annotations
 
-import ctypes
 import json
 import time
 from pathlib import Path
@@ -28,20 +27,7 @@ from converters.progress import QUIET, Reporter
 from converters.publish import plan_version, publish
 from converters.signature import graph_inputs, graph_outputs
 from converters.triton_config import ConfigOptions, build_config
-
-
-def cuda_gpu_count() -> int:
-    """GPUs visible to the CUDA driver (0 without a driver); imports no framework."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    return 0
+from service.devices import cuda_gpu_count
 
 
 def missing_requirements() -> list[str]:

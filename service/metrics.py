@@ -8,14 +8,13 @@ written for Triton work unchanged and the two views never disagree. Gateway-only
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
-if TYPE_CHECKING:
-    pass
+from service import gpu_metrics
 
 QUEUE_DEPTH = Gauge("infergate_queue_depth", "Requests waiting in the batch queue", ("model",))
 BATCH_SIZE = Histogram(
@@ -32,6 +31,46 @@ LATENCY = Histogram(
 )
 REJECTED = Counter(
     "infergate_rejected_requests_total", "Requests refused before running", ("model", "reason")
+)
+
+
+class SharedGauge:
+    """A labelled gauge whose children outlive a reload: the new backend sets the same labels
+    before the old one closes, so a child is removed only when its last holder lets go."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._holders: dict[tuple[str, ...], int] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, labels: tuple[str, ...], value: float) -> None:
+        with self._lock:
+            self._holders[labels] = self._holders.get(labels, 0) + 1
+            self.gauge.labels(*labels).set(value)
+
+    def release(self, labels: tuple[str, ...]) -> None:
+        with self._lock:
+            left = self._holders.get(labels, 0) - 1
+            if left > 0:
+                self._holders[labels] = left
+            elif labels in self._holders:
+                del self._holders[labels]
+                self.gauge.remove(*labels)
+
+
+INSTANCE_INFO = SharedGauge(
+    Gauge(
+        "infergate_model_instance_info",
+        "Loaded model instances by device and the ONNX Runtime provider really in use",
+        ("model", "version", "device", "provider", "gpu_mem_limit_bytes"),
+    )
+)
+WARMUP_SECONDS = SharedGauge(
+    Gauge(
+        "infergate_warmup_seconds",
+        "Duration of the last model_warmup run of a model version (all samples, all instances)",
+        ("model", "version"),
+    )
 )
 
 
@@ -156,4 +195,5 @@ def render(model_stats: Iterable[dict]) -> bytes:
             lines.append(
                 f'{name}{{model="{entry["name"]}",version="{entry["version"]}"}} {value(entry)}'
             )
+    lines.extend(gpu_metrics.render_lines(gpu_metrics.read_gpus()))
     return ("\n".join(lines) + "\n").encode() + generate_latest()
