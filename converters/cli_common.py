@@ -24,7 +24,13 @@ Version = Annotated[int | None, typer.Option("--version", help="Version to write
 MaxBatch = Annotated[int, typer.Option("--max-batch-size", help="0 disables batching.")]
 Preferred = Annotated[list[int] | None, typer.Option("--preferred-batch-size", help="Repeatable.")]
 QueueDelay = Annotated[int, typer.Option("--max-queue-delay-us", help="Dynamic batching delay.")]
-Instances = Annotated[int, typer.Option("--instances", help="instance_group count (KIND_CPU).")]
+Instances = Annotated[int, typer.Option("--instances", help="instance_group count (per GPU).")]
+Device = Annotated[
+    str, typer.Option("--device", help="cpu | gpu | auto: KIND_CPU or KIND_GPU instances.")
+]
+Gpus = Annotated[
+    str | None, typer.Option("--gpus", help="KIND_GPU device ids, e.g. 0,1 (default: all).")
+]
 Cache = Annotated[bool, typer.Option("--response-cache", help="response_cache { enable: true }.")]
 Pad = Annotated[
     str | None, typer.Option("--pad-inputs", help="Comma list (default: token-named int inputs).")
@@ -101,6 +107,8 @@ def publish_options(args: dict[str, Any]) -> Any:
         max_queue_delay_us=args["max_queue_delay_us"],
         instances=args["instances"],
         response_cache=args.get("response_cache", False),
+        device=args.get("device", "cpu"),
+        gpus=parse_gpus(args.get("gpus")),
     )
     pad = args.get("pad_inputs")
     return PublishOptions(
@@ -116,6 +124,16 @@ def publish_options(args: dict[str, Any]) -> Any:
         samples_path=args.get("samples"),
         version_policy=args.get("version_policy", "all"),
     )
+
+
+def parse_gpus(text: str | None) -> list[int]:
+    """``--gpus 0,1`` -> [0, 1]; a precise error for anything else."""
+    from converters.errors import ConversionError
+
+    parts = [part.strip() for part in (text or "").split(",") if part.strip()]
+    if not all(part.isdigit() for part in parts):
+        raise ConversionError(f"--gpus takes comma-separated device ids such as 0,1, not '{text}'")
+    return [int(part) for part in parts]
 
 
 def _parity_cell(row: dict[str, Any]) -> str:

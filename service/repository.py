@@ -112,6 +112,7 @@ class LocalOnnxSource(ModelSource):
             config.CopyFrom(base)
             backend = OnnxRuntimeBackend(folder / str(version) / filename, config, self.settings)
             backend.complete_config(config)
+            backend.warm_up(config)  # GPU hook: model_warmup runs while the model is LOADING
             loaded[str(version)] = (config, backend)
         return loaded
 
@@ -216,6 +217,8 @@ class ModelRepository:
             if name not in await self.source.model_names():
                 entry.state, entry.reason = "UNAVAILABLE", "not found in the repository"
                 raise NotFound(f"model '{name}' is not in the repository")
+            if not entry.versions:  # GPU hook: LOADING until sessions exist and warmup ran
+                entry.state, entry.reason = "LOADING", ""
             try:
                 loaded = await self.source.load(name)
                 fresh = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2
 
 
 class Backend(ABC):
@@ -23,6 +24,9 @@ class Backend(ABC):
         self, inputs: dict[str, np.ndarray], output_names: list[str]
     ) -> dict[str, np.ndarray]:
         """Run one batch and return the requested outputs by name."""
+
+    def warm_up(self, config: model_config_pb2.ModelConfig) -> None:  # noqa: B027 - optional
+        """Run the config's model_warmup before the model is READY (blocking: a load thread)."""
 
     def healthy(self) -> bool:
         """Whether a batch could run now (remote backends: some replica is up)."""

@@ -143,6 +143,8 @@ class OnnxRuntimeBackend(Backend):
         try:
             seconds = run_warmup(self._slots, samples, label)
         except Exception as exc:
+            self._pool.shutdown(wait=False)
+            LEDGER.release(self._reservation)
             raise ValueError(f"warmup failed: {exc}") from exc
         if samples:
             self._warmed = True
