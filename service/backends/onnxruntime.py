@@ -138,9 +138,9 @@ class OnnxRuntimeBackend(Backend):
 
     def warm_up(self, config: model_config_pb2.ModelConfig) -> None:
         """Triton's model_warmup (default: one max-size batch on GPU) before the model is READY."""
-        samples = warmup_samples(config, self.model_dir, self.placement.on_gpu)
         label = f"{self.model} version {self.version}"
         try:
+            samples = warmup_samples(config, self.model_dir, self.placement.on_gpu)
             seconds = run_warmup(self._slots, samples, label)
         except Exception as exc:
             self._pool.shutdown(wait=False)
