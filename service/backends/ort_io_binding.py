@@ -36,6 +36,7 @@ class PinnedBuffers:
         self._cudart = _cudart()
         if self._cudart is None:
             log.warning("io_binding: libcudart not loadable, staging in pageable memory")
+        self._free_host = self._cudart.cudaFreeHost if self._cudart is not None else None
         self._buffers: dict[str, tuple[ctypes.c_void_p, int, np.ndarray]] = {}
 
     def view(self, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -44,22 +45,27 @@ class PinnedBuffers:
         if held is None or held[1] < size:
             self._free(name)
             capacity = max(size, 1) * 2
+            pointer = ctypes.c_void_p()
             if self._cudart is not None:
-                pointer = ctypes.c_void_p()
-                if self._cudart.cudaHostAlloc(ctypes.byref(pointer), ctypes.c_size_t(capacity), 0):
-                    raise MemoryError(f"cudaHostAlloc of {capacity} bytes failed")
-                raw = (ctypes.c_byte * capacity).from_address(pointer.value or 0)
+                status = self._cudart.cudaHostAlloc(
+                    ctypes.byref(pointer), ctypes.c_size_t(capacity), 0
+                )
+                if status != 0:  # no driver/device: stage in pageable memory from now on
+                    log.warning("io_binding: cudaHostAlloc failed (%d), pageable staging", status)
+                    self._cudart, pointer = None, ctypes.c_void_p()
+            if pointer.value:
+                raw = (ctypes.c_byte * capacity).from_address(pointer.value)
                 memory = np.frombuffer(raw, dtype=np.uint8)
             else:
-                pointer, memory = ctypes.c_void_p(), np.empty(capacity, dtype=np.uint8)
+                memory = np.empty(capacity, dtype=np.uint8)
             held = (pointer, capacity, memory)
             self._buffers[name] = held
         return held[2][:size].view(dtype).reshape(shape)
 
     def _free(self, name: str) -> None:
         held = self._buffers.pop(name, None)
-        if held is not None and self._cudart is not None and held[0].value:
-            self._cudart.cudaFreeHost(held[0])
+        if held is not None and self._free_host is not None and held[0].value:
+            self._free_host(held[0])
 
     def close(self) -> None:
         for name in list(self._buffers):
