@@ -62,7 +62,8 @@ def test_config_samples_zero_random_and_file(tmp_path) -> None:
         + """
     model_warmup {
       name: "mixed" batch_size: 4 count: 2
-      inputs { key: "input_ids" value: { data_type: TYPE_INT64 dims: [3] input_data_file: "ids.bin" } }
+      inputs { key: "input_ids"
+               value: { data_type: TYPE_INT64 dims: [3] input_data_file: "ids.bin" } }
       inputs { key: "mask" value: { data_type: TYPE_INT64 dims: [3] random_data: true } }
     }
     """
