@@ -55,7 +55,7 @@ class PinnedBuffers:
                     self._cudart, pointer = None, ctypes.c_void_p()
             if pointer.value:
                 raw = (ctypes.c_byte * capacity).from_address(pointer.value)
-                memory = np.frombuffer(raw, dtype=np.uint8)
+                memory = np.frombuffer(memoryview(raw).cast("B"), dtype=np.uint8)
             else:
                 memory = np.empty(capacity, dtype=np.uint8)
             held = (pointer, capacity, memory)
