@@ -128,8 +128,9 @@ def install_target(requirements: list[str], target: Path) -> None:
 
 def _kind_gpu(config_path: Path) -> None:
     """Re-target a config at KIND_GPU (what ``--device gpu`` writes)."""
-    from converters.triton_config import read_config, render
     from tritonclient.grpc import model_config_pb2 as mc
+
+    from converters.triton_config import read_config, render
 
     config = read_config(config_path)
     for group in config.instance_group:

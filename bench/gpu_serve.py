@@ -79,7 +79,10 @@ async def grpc_load(
     }
 
 
-def _start(python: Path, repo: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int, int, Path]:
+Started = tuple[subprocess.Popen, int, int, Path]
+
+
+def _start(python: Path, repo: Path, env: dict[str, str]) -> Started:
     http_port, grpc_port = _free_port(), _free_port()
     log = Path(tempfile.mkstemp(prefix="infergate-gpu-", suffix=".log")[1])
     command = [str(python), "-m", "service.cli", "serve", "--model-repo", str(repo)]
