@@ -15,6 +15,7 @@ payload's ``site`` goes on ``PYTHONPATH``, and ``infergate serve`` must start an
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata as md
 import json
 import os
@@ -27,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "results" / "gpu_payload"  # git-ignored
 PYTHON312 = os.environ.get("PYTHON312", "/root/.pyenv/versions/3.12.1/bin/python3.12")
-ORT_GPU = "onnxruntime-gpu==1.31.1"
+# overridable only to rehearse --pack with a small wheel; the GPU run needs this one
+ORT_GPU = os.environ.get("INFERGATE_GPU_WHEEL", "onnxruntime-gpu==1.31.1")
 ORT_CPU_STAND_IN = "onnxruntime==1.31.1"
 PART_BYTES = "60M"
 PLATFORM_FLAGS = [
@@ -89,16 +91,20 @@ MODELS = {
 }
 
 
+# pins for payload packages the shared venv does not hold yet
+FALLBACK_PINS = {"nvidia-ml-py": "13.615.71"}
+
+
 def _version(name: str) -> str | None:
     try:
         return md.version(name)
     except md.PackageNotFoundError:
-        return None
+        return FALLBACK_PINS.get(name)
 
 
 def plan() -> dict[str, object]:
     """Every requirement of the payload, pinned to what this checkout is tested with."""
-    pinned = [f"{n}=={_version(n)}" if _version(n) else n for n in MISSING]
+    pinned = [f"{name}=={_version(name)}" for name in MISSING]
     return {
         "site": pinned,
         "gpu": [ORT_GPU],
@@ -116,7 +122,8 @@ def _pip(*args: str) -> None:
 
 def install_target(requirements: list[str], target: Path) -> None:
     """cp312 manylinux wheels, no dependencies (the plan lists them all), into ``target``."""
-    if target.is_dir() and (target / ".complete").is_file():
+    done = target / ".complete"
+    if done.is_file() and done.read_text() == "\n".join(requirements):
         return
     shutil.rmtree(target, ignore_errors=True)
     wheels = WORK / "wheels"
@@ -204,7 +211,10 @@ def pack() -> list[Path]:
     subprocess.run(
         ["split", "-b", PART_BYTES, str(archive), str(parts / "payload.tar.xz.part")], check=True
     )
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     archive.unlink()
+    count = len(list(parts.iterdir()))
+    (parts / "MANIFEST").write_text(f"sha256 {digest}\nparts {count}\n")
     print(f"packed in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return sorted(parts.iterdir())
 
