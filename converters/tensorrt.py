@@ -140,6 +140,7 @@ def build_tensorrt(
         )
     options = config_options or ConfigOptions()
     options.platform, options.backend = "tensorrt_plan", ""
+    options.device = "gpu"  # a plan runs only on a GPU: Triton refuses KIND_CPU for it
     model = load_onnx(onnx_path)
     version, _ = plan_version(repo, name, version)
     config = build_config(name, graph_inputs(model), graph_outputs(model), options)
