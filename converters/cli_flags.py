@@ -29,7 +29,13 @@ Version = Annotated[int | None, typer.Option("--version", help="Version to write
 MaxBatch = Annotated[int, typer.Option("--max-batch-size", help="0 disables batching.")]
 Preferred = Annotated[list[int] | None, typer.Option("--preferred-batch-size", help="Repeatable.")]
 QueueDelay = Annotated[int, typer.Option("--max-queue-delay-us", help="Dynamic batching delay.")]
-Instances = Annotated[int, typer.Option("--instances", help="instance_group count (KIND_CPU).")]
+Instances = Annotated[int, typer.Option("--instances", help="instance_group count (per GPU).")]
+Device = Annotated[
+    str, typer.Option("--device", help="cpu | gpu | auto: KIND_CPU or KIND_GPU instances.")
+]
+Gpus = Annotated[
+    str | None, typer.Option("--gpus", help="KIND_GPU device ids, e.g. 0,1 (default: all).")
+]
 Cache = Annotated[bool, typer.Option("--response-cache", help="response_cache { enable: true }.")]
 Pad = Annotated[
     str | None, typer.Option("--pad-inputs", help="Comma list (default: token-named int inputs).")
@@ -49,6 +55,16 @@ OutNames = Annotated[
 ]
 
 
+def parse_gpus(text: str | None) -> list[int]:
+    """``--gpus 0,1`` -> [0, 1]; a precise error for anything else."""
+    from converters.errors import ConversionError
+
+    parts = [part.strip() for part in (text or "").split(",") if part.strip()]
+    if not all(part.isdigit() for part in parts):
+        raise ConversionError(f"--gpus takes comma-separated device ids such as 0,1, not '{text}'")
+    return [int(part) for part in parts]
+
+
 @dataclass
 class TargetFlags:
     """Where to publish and how to batch: options of every export command."""
@@ -60,6 +76,8 @@ class TargetFlags:
     preferred_batch_size: Preferred = None
     max_queue_delay_us: QueueDelay = 1000
     instances: Instances = 1
+    device: Device = "cpu"
+    gpus: Gpus = None
 
     def config_options(self, response_cache: bool = False) -> ConfigOptions:
         from converters.triton_config import ConfigOptions
@@ -70,6 +88,8 @@ class TargetFlags:
             max_queue_delay_us=self.max_queue_delay_us,
             instances=self.instances,
             response_cache=response_cache,
+            device=self.device,
+            gpus=parse_gpus(self.gpus),
         )
 
     def publish_options(self) -> PublishOptions:

@@ -6,7 +6,6 @@ Parity runs the engine on CUDA through torch tensors against ONNX Runtime on the
 
 from __future__ import annotations
 
-import ctypes
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,20 +22,7 @@ from converters.publish import check_target
 from converters.release import Candidate, prove_and_publish
 from converters.signature import graph_inputs, graph_outputs, index_limits
 from converters.triton_config import build_config
-
-
-def cuda_gpu_count() -> int:
-    """GPUs visible to the CUDA driver (0 without a driver); imports no framework."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    return 0
+from service.devices import cuda_gpu_count
 
 
 def missing_requirements() -> list[str]:
@@ -160,7 +146,8 @@ def build_tensorrt(
         raise ConversionError(
             "cannot build a TensorRT engine: " + "; ".join(reasons) + ". Nothing was written"
         )
-    config_options = replace(options.config, platform="tensorrt_plan", backend="")
+    # a plan runs only on a GPU: Triton refuses KIND_CPU for it
+    config_options = replace(options.config, platform="tensorrt_plan", backend="", device="gpu")
     model = load_onnx(onnx_path)
     inputs, outputs = graph_inputs(model), graph_outputs(model)
     config = build_config(options.name, inputs, outputs, config_options)

@@ -45,6 +45,22 @@ class ConfigOptions:
     pad_inputs: list[str] = field(default_factory=list)
     platform: str = "onnxruntime_onnx"
     backend: str = ""
+    device: str = "cpu"  # cpu | gpu | auto (gpu when a CUDA GPU is visible)
+    gpus: list[int] = field(default_factory=list)  # KIND_GPU device ids; empty = all
+
+
+def instance_kind(device: str, gpus: list[int]) -> int:
+    """``--device``/``--gpus`` -> the instance_group kind (``auto`` asks the CUDA driver)."""
+    from service.devices import cuda_gpu_count
+
+    if device not in ("cpu", "gpu", "auto"):
+        raise ConversionError(f"--device must be cpu, gpu or auto, not '{device}'")
+    on_gpu = device == "gpu" or (device == "auto" and cuda_gpu_count() > 0)
+    if gpus and not on_gpu:
+        raise ConversionError(f"--gpus {gpus} needs --device gpu (the instances run on the CPU)")
+    if any(gpu < 0 for gpu in gpus):
+        raise ConversionError(f"--gpus takes device ids >= 0, not {gpus}")
+    return mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
 
 
 def triton_dtype(spec: TensorSpec) -> int:
@@ -108,7 +124,9 @@ def build_config(
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
     group = config.instance_group.add()
     group.count = max(1, options.instances)
-    group.kind = mc.ModelInstanceGroup.KIND_CPU
+    group.kind = instance_kind(options.device, options.gpus)  # type: ignore[assignment]
+    if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+        group.gpus.extend(options.gpus)
     if options.response_cache:
         config.response_cache.enable = True
     names = {spec.name for spec in inputs}

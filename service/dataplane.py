@@ -91,12 +91,10 @@ class DataPlane:
 
     def metrics(self) -> bytes:
         """Prometheus exposition: Triton's per-model families plus the gateway's own."""
-        entries = []
-        for model in self._loaded():
-            stats = self._stats_dict(model)
-            stats["pending"] = model.scheduler.pending
-            entries.append(stats)
-        return render_metrics(entries)
+        return render_metrics(
+            model.stats.counters(self._cache_stats(model), model.scheduler.pending)
+            for model in self._loaded()
+        )
 
     def model_statistics(self, name: str = "", version: str = "") -> JsonObject:
         if name and version:
@@ -113,8 +111,10 @@ class DataPlane:
         return [m for entry in self.repository.models.values() for m in entry.versions.values()]
 
     def _stats_dict(self, model: ModelVersion) -> JsonObject:
-        cache_stats = self.cache.stats(model.name, model.version) if self.cache else None
-        return model.stats.to_dict(cache_stats)
+        return model.stats.to_dict(self._cache_stats(model))
+
+    def _cache_stats(self, model: ModelVersion) -> dict[str, int] | None:
+        return self.cache.stats(model.name, model.version) if self.cache else None
 
     # -- repository control ---------------------------------------------------------------------
     async def repository_index(self) -> list[IndexRow]:

@@ -8,14 +8,13 @@ written for Triton work unchanged and the two views never disagree. Gateway-only
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
-if TYPE_CHECKING:
-    pass
+from service import gpu_metrics
 
 QUEUE_DEPTH = Gauge("infergate_queue_depth", "Requests waiting in the batch queue", ("model",))
 BATCH_SIZE = Histogram(
@@ -32,6 +31,46 @@ LATENCY = Histogram(
 )
 REJECTED = Counter(
     "infergate_rejected_requests_total", "Requests refused before running", ("model", "reason")
+)
+
+
+class SharedGauge:
+    """A labelled gauge whose children outlive a reload: the new backend sets the same labels
+    before the old one closes, so a child is removed only when its last holder lets go."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._holders: dict[tuple[str, ...], int] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, labels: tuple[str, ...], value: float) -> None:
+        with self._lock:
+            self._holders[labels] = self._holders.get(labels, 0) + 1
+            self.gauge.labels(*labels).set(value)
+
+    def release(self, labels: tuple[str, ...]) -> None:
+        with self._lock:
+            left = self._holders.get(labels, 0) - 1
+            if left > 0:
+                self._holders[labels] = left
+            elif labels in self._holders:
+                del self._holders[labels]
+                self.gauge.remove(*labels)
+
+
+INSTANCE_INFO = SharedGauge(
+    Gauge(
+        "infergate_model_instance_info",
+        "Loaded model instances by device and the ONNX Runtime provider really in use",
+        ("model", "version", "device", "provider", "gpu_mem_limit_bytes"),
+    )
+)
+WARMUP_SECONDS = SharedGauge(
+    Gauge(
+        "infergate_warmup_seconds",
+        "Duration of the last model_warmup run of a model version (all samples, all instances)",
+        ("model", "version"),
+    )
 )
 
 
@@ -54,106 +93,71 @@ class ModelMetrics:
         REJECTED.labels(self.model, reason).inc()
 
 
-# (name, type, help, value from a stats dict) -- Triton 2.51's families, same names and units.
-_TRITON_FAMILIES = [
-    (
-        "nv_inference_request_success",
-        "counter",
-        "Number of successful inference requests, all batch sizes",
-        lambda s: s["inference_stats"]["success"]["count"],
-    ),
-    (
-        "nv_inference_request_failure",
-        "counter",
-        "Number of failed inference requests, all batch sizes",
-        lambda s: s["inference_stats"]["fail"]["count"],
-    ),
-    (
-        "nv_inference_count",
-        "counter",
-        "Number of inferences performed (does not include cached requests)",
-        lambda s: s["inference_count"],
-    ),
-    (
-        "nv_inference_exec_count",
-        "counter",
-        "Number of model executions performed (does not include cached requests)",
-        lambda s: s["execution_count"],
-    ),
-    (
-        "nv_inference_request_duration_us",
-        "counter",
-        "Cumulative inference request duration in microseconds (includes cached requests)",
-        lambda s: (
-            (s["inference_stats"]["success"]["ns"] + s["inference_stats"]["fail"]["ns"]) // 1000
-        ),
-    ),
-    (
-        "nv_inference_queue_duration_us",
-        "counter",
-        "Cumulative inference queuing duration in microseconds",
-        lambda s: s["inference_stats"]["queue"]["ns"] // 1000,
-    ),
-    (
-        "nv_inference_compute_input_duration_us",
-        "counter",
-        "Cumulative compute input duration in microseconds",
-        lambda s: s["inference_stats"]["compute_input"]["ns"] // 1000,
-    ),
-    (
-        "nv_inference_compute_infer_duration_us",
-        "counter",
-        "Cumulative compute inference duration in microseconds",
-        lambda s: s["inference_stats"]["compute_infer"]["ns"] // 1000,
-    ),
-    (
-        "nv_inference_compute_output_duration_us",
-        "counter",
-        "Cumulative inference compute output duration in microseconds",
-        lambda s: s["inference_stats"]["compute_output"]["ns"] // 1000,
-    ),
-    (
-        "nv_inference_pending_request_count",
-        "gauge",
-        "Instantaneous number of pending requests awaiting execution per-model",
-        lambda s: s["pending"],
-    ),
-    (
-        "nv_cache_num_hits_per_model",
-        "counter",
-        "Number of cache hits per model",
-        lambda s: s["inference_stats"]["cache_hit"]["count"],
-    ),
-    (
-        "nv_cache_num_misses_per_model",
-        "counter",
-        "Number of cache misses per model",
-        lambda s: s["inference_stats"]["cache_miss"]["count"],
-    ),
-    (
-        "nv_cache_hit_duration_per_model",
-        "counter",
-        "Total cache hit duration per model, in microseconds",
-        lambda s: s["inference_stats"]["cache_hit"]["ns"] // 1000,
-    ),
-    (
-        "nv_cache_miss_duration_per_model",
-        "counter",
-        "Total cache miss (insertion) duration per model, in microseconds",
-        lambda s: s["inference_stats"]["cache_miss"]["ns"] // 1000,
-    ),
-]
+@dataclass(frozen=True, slots=True)
+class ModelCounters:
+    """One model version's counters, as Triton's metric families read them."""
+
+    model: str
+    version: str
+    success: int
+    failure: int
+    inference_count: int
+    execution_count: int
+    request_ns: int
+    queue_ns: int
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+    pending: int
+    cache_hits: int
+    cache_misses: int
+    cache_hit_ns: int
+    cache_miss_ns: int
 
 
-def render(model_stats: Iterable[dict]) -> bytes:
-    """Triton-named families from stats dicts, then everything in prometheus-client's registry."""
-    stats = list(model_stats)
+# (name, type, help, ModelCounters field, divisor): Triton 2.51's families, same names and units.
+_TRITON_FAMILIES: list[tuple[str, str, str, str, int]] = [
+    ("nv_inference_request_success", "counter",
+     "Number of successful inference requests, all batch sizes", "success", 1),
+    ("nv_inference_request_failure", "counter",
+     "Number of failed inference requests, all batch sizes", "failure", 1),
+    ("nv_inference_count", "counter",
+     "Number of inferences performed (does not include cached requests)", "inference_count", 1),
+    ("nv_inference_exec_count", "counter",
+     "Number of model executions performed (does not include cached requests)",
+     "execution_count", 1),
+    ("nv_inference_request_duration_us", "counter",
+     "Cumulative inference request duration in microseconds (includes cached requests)",
+     "request_ns", 1000),
+    ("nv_inference_queue_duration_us", "counter",
+     "Cumulative inference queuing duration in microseconds", "queue_ns", 1000),
+    ("nv_inference_compute_input_duration_us", "counter",
+     "Cumulative compute input duration in microseconds", "compute_input_ns", 1000),
+    ("nv_inference_compute_infer_duration_us", "counter",
+     "Cumulative compute inference duration in microseconds", "compute_infer_ns", 1000),
+    ("nv_inference_compute_output_duration_us", "counter",
+     "Cumulative inference compute output duration in microseconds", "compute_output_ns", 1000),
+    ("nv_inference_pending_request_count", "gauge",
+     "Instantaneous number of pending requests awaiting execution per-model", "pending", 1),
+    ("nv_cache_num_hits_per_model", "counter", "Number of cache hits per model", "cache_hits", 1),
+    ("nv_cache_num_misses_per_model", "counter",
+     "Number of cache misses per model", "cache_misses", 1),
+    ("nv_cache_hit_duration_per_model", "counter",
+     "Total cache hit duration per model, in microseconds", "cache_hit_ns", 1000),
+    ("nv_cache_miss_duration_per_model", "counter",
+     "Total cache miss (insertion) duration per model, in microseconds", "cache_miss_ns", 1000),
+]  # fmt: skip
+
+
+def render(model_counters: Iterable[ModelCounters]) -> bytes:
+    """Triton-named families from each version's counters, then prometheus-client's registry."""
+    stats = list(model_counters)
     lines: list[str] = []
-    for name, kind, help_text, value in _TRITON_FAMILIES:
+    for name, kind, help_text, field, divisor in _TRITON_FAMILIES:
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         for entry in stats:
-            lines.append(
-                f'{name}{{model="{entry["name"]}",version="{entry["version"]}"}} {value(entry)}'
-            )
+            value = int(getattr(entry, field)) // divisor
+            lines.append(f'{name}{{model="{entry.model}",version="{entry.version}"}} {value}')
+    lines.extend(gpu_metrics.render_lines(gpu_metrics.read_gpus()))
     return ("\n".join(lines) + "\n").encode() + generate_latest()

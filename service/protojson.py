@@ -38,10 +38,18 @@ def _numbers(message_descriptor: descriptor.Descriptor, data: dict[str, Any]) ->
                         _numbers(value_field.message_type, item)
                 elif value_field.type in _INT64_TYPES:
                     data[field.name] = {k: int(v) for k, v in value.items()}
-            elif field.label == descriptor.FieldDescriptor.LABEL_REPEATED:
+            elif _repeated(field):
                 for item in value:
                     _numbers(field.message_type, item)
             else:
                 _numbers(field.message_type, value)
         elif field.type in _INT64_TYPES:
             data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+
+
+def _repeated(field: descriptor.FieldDescriptor) -> bool:
+    """protobuf >= 7 dropped ``label`` for ``is_repeated`` (which older releases may lack)."""
+    is_repeated = getattr(field, "is_repeated", None)
+    if is_repeated is not None:
+        return bool(is_repeated)
+    return bool(field.label == descriptor.FieldDescriptor.LABEL_REPEATED)

@@ -146,6 +146,8 @@ class ModelRepository:
                 raise NotFound(f"failed to load '{name}': not in the repository")
             entry = self.models.setdefault(name, ModelEntry(name))
             entry.wanted = True
+            if not entry.versions:  # LOADING until sessions exist and warmup ran
+                entry.state, entry.reason = ModelState.LOADING, ""
             try:
                 loaded = await self.source.load(name)
                 fresh = {

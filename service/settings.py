@@ -51,12 +51,25 @@ class Settings(BaseSettings):
     )
     execution_providers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="ONNX Runtime providers in order; empty = TensorRT/CUDA when present, else CPU",
+        description=(
+            "ONNX Runtime providers in order, overriding config.pbtxt; empty = each model's "
+            "instance_group and gpu_execution_accelerator decide (KIND_CPU or none = CPU)"
+        ),
     )
     intra_op_threads: int = Field(
         default=0, description="ONNX Runtime intra-op threads; 0 = ORT default"
     )
     inter_op_threads: int = Field(default=1, description="ONNX Runtime inter-op threads")
+    gpu_memory_budget_bytes: int = Field(
+        default=0,
+        description="per GPU: bytes the loaded models' instances may reserve (sum of their "
+        "infergate.gpu_mem_limit_bytes); a model that would not fit is UNAVAILABLE; 0 = no budget",
+    )
+    trt_engine_cache_dir: Path | None = Field(
+        default=None,
+        description="TensorRT EP engine cache root (<dir>/<model>/<version>), kept outside the "
+        "polled model repository; None = ~/.cache/infergate/tensorrt (XDG_CACHE_HOME)",
+    )
 
     # --- model repository --------------------------------------------------------------------
     model_control_mode: Literal["none", "poll", "explicit"] = Field(

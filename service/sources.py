@@ -124,6 +124,7 @@ class LocalOnnxSource(ModelSource):
             config.CopyFrom(base)
             backend = OnnxRuntimeBackend(folder / str(version) / filename, config, self.settings)
             backend.complete_config(config)
+            backend.warm_up(config)  # model_warmup runs while the model is LOADING
             _complete_sequence_limit(config, folder / str(version) / filename)
             loaded[str(version)] = (config, backend)
         return loaded

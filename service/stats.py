@@ -6,9 +6,9 @@ Every recording also feeds the Prometheus children, so the two views never disag
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from service.metrics import ModelMetrics
+from service.metrics import ModelCounters, ModelMetrics
+from service.types import JsonObject
 
 
 class Duration:
@@ -82,7 +82,29 @@ class ModelStats:
     def record_failure(self, total_ns: int) -> None:
         self.fail.add(total_ns)
 
-    def to_dict(self, cache: dict[str, int] | None = None) -> dict[str, Any]:
+    def counters(self, cache: dict[str, int] | None, pending: int) -> ModelCounters:
+        """What Triton's metric families show of this version (the same counters as /stats)."""
+        cache = cache or {}
+        return ModelCounters(
+            model=self.model,
+            version=self.version,
+            success=self.success.count,
+            failure=self.fail.count,
+            inference_count=self.inference_count,
+            execution_count=self.execution_count,
+            request_ns=self.success.ns + self.fail.ns,
+            queue_ns=self.queue.ns,
+            compute_input_ns=self.compute_input.ns,
+            compute_infer_ns=self.compute_infer.ns,
+            compute_output_ns=self.compute_output.ns,
+            pending=pending,
+            cache_hits=cache.get("hit_count", 0),
+            cache_misses=cache.get("miss_count", 0),
+            cache_hit_ns=cache.get("hit_ns", 0),
+            cache_miss_ns=cache.get("miss_ns", 0),
+        )
+
+    def to_dict(self, cache: dict[str, int] | None = None) -> JsonObject:
         """The JSON form of Triton's ``ModelStatistics`` (numbers, not strings)."""
         cache = cache or {}
         return {

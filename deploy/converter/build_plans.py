@@ -162,6 +162,35 @@ def plan_jobs(
     return jobs, skipped
 
 
+def gpu_retargets(repo: Path, gpu_ids: list[int]) -> list[tuple[Path, mc.ModelConfig]]:
+    """ONNX configs whose instance groups are not all KIND_GPU, re-targeted at the GPU.
+
+    The converters write KIND_CPU by default; on a GPU host Triton would then run the ONNX
+    models on the CPU. Counts are kept; ``gpu_ids`` (empty = all GPUs) become ``gpus``.
+    """
+    changed = []
+    for config_path in sorted(repo.glob("*/config.pbtxt")):
+        if config_path.parent.name.endswith(TRT_SUFFIX):
+            continue
+        config = read_config(config_path)
+        if not is_onnx_model(config):
+            continue
+        groups = list(config.instance_group) or [mc.ModelInstanceGroup(count=1)]
+        target = mc.ModelConfig()
+        target.CopyFrom(config)
+        del target.instance_group[:]
+        for group in groups:
+            moved = target.instance_group.add()
+            moved.CopyFrom(group)
+            moved.kind = mc.ModelInstanceGroup.KIND_GPU
+            if gpu_ids:
+                del moved.gpus[:]
+                moved.gpus.extend(gpu_ids)
+        if target != config:
+            changed.append((config_path, target))
+    return changed
+
+
 def write_config(out_repo: Path, config: mc.ModelConfig) -> Path:
     path = out_repo / config.name / "config.pbtxt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--opt-batch", type=int, default=None)
     parser.add_argument("--workspace-mib", type=int, default=4096)
     parser.add_argument("--gpus", type=int, default=1, help="instance_group count per plan")
+    parser.add_argument(
+        "--device",
+        choices=("keep", "gpu"),
+        default="keep",
+        help="gpu: also re-target the ONNX models' configs at KIND_GPU (what Triton runs them on)",
+    )
+    parser.add_argument(
+        "--gpu-ids", default="", help="with --device gpu: comma list of GPU ids (default: all)"
+    )
     parser.add_argument("--trtexec", default="trtexec")
     parser.add_argument("--force", action="store_true", help="rebuild plans newer than the ONNX")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
@@ -212,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for reason in skipped:
         print(f"skip {reason}", file=sys.stderr)
+    if args.device == "gpu":
+        gpu_ids = [int(part) for part in args.gpu_ids.split(",") if part.strip()]
+        for config_path, target in gpu_retargets(args.repo, gpu_ids):
+            print(f"KIND_GPU: {config_path}", flush=True)
+            if not args.dry_run:
+                config_path.write_text(text_format.MessageToString(target))
     failures = 0
     for job in jobs:
         print(" ".join(job.argv), flush=True)

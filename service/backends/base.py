@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from tritonclient.grpc import model_config_pb2
+
 from service.types import Tensors
 
 
@@ -21,6 +23,9 @@ class Backend(ABC):
     @abstractmethod
     async def execute(self, inputs: Tensors, output_names: list[str]) -> Tensors:
         """Run one batch and return the requested outputs by name."""
+
+    def warm_up(self, config: model_config_pb2.ModelConfig) -> None:  # noqa: B027 - optional
+        """Run the config's model_warmup before the model is READY (blocking: a load thread)."""
 
     def healthy(self) -> bool:
         """Whether a batch could run now (remote backends: some replica is up)."""

@@ -4,33 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from tritonclient.grpc import model_config_pb2
 
+from service.accelerators import plan_sessions
 from service.backends.base import Backend
+from service.backends.ort_runtime import Slot, describe, make_slots, run_warmup
+from service.backends.ort_sessions import (
+    OpenedSession,
+    engine_cache_dir,
+    open_session,
+    preload_gpu_libraries,
+)
+from service.devices import cuda_gpu_count
 from service.errors import BadRequest
+from service.gpu_budget import LEDGER
+from service.metrics import INSTANCE_INFO, WARMUP_SECONDS
 from service.protocol.datatypes import ORT_TO_V2, V2_TO_CONFIG
 from service.settings import Settings
+from service.types import Array, Tensors
+from service.warmup import warmup_samples
 
 log = logging.getLogger(__name__)
-
-
-def choose_providers(requested: list[str]) -> list[str]:
-    """The requested providers that exist here, else TensorRT/CUDA when present, else CPU."""
-    available = ort.get_available_providers()
-    if requested:
-        chosen = [p for p in requested if p in available]
-        missing = [p for p in requested if p not in available]
-        if missing:
-            log.warning("execution providers not available here: %s", ", ".join(missing))
-        return chosen or ["CPUExecutionProvider"]
-    preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    return [p for p in preferred if p in available]
 
 
 def _config_dims(shape: list[int | str | None], batch_axis: bool) -> list[int]:
@@ -39,29 +41,64 @@ def _config_dims(shape: list[int | str | None], batch_axis: bool) -> list[int]:
 
 
 class OnnxRuntimeBackend(Backend):
-    """One InferenceSession per model version; ``instance_group.count`` batches may run at once."""
+    """The sessions ``config.pbtxt`` places (see ``service.accelerators``).
+
+    CPU: one session shared by ``instance_group.count`` threads. GPU: one session per instance
+    on each listed GPU; batches go to whichever instance is free.
+    """
 
     def __init__(
-        self, model_path: Path, config: model_config_pb2.ModelConfig, settings: Settings
+        self,
+        model_path: Path,
+        config: model_config_pb2.ModelConfig,
+        settings: Settings,
+        visible_gpus: Sequence[int] | None = None,
     ) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if settings.intra_op_threads:
-            options.intra_op_num_threads = settings.intra_op_threads
-        options.inter_op_num_threads = settings.inter_op_threads
-        # Spinning worker threads would steal the cores the event loop needs to parse requests.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.model, self.version = config.name, model_path.parent.name
+        gpus = range(cuda_gpu_count()) if visible_gpus is None else visible_gpus
+        self.placement = plan_sessions(
+            config,
+            visible_gpus=list(gpus),
+            override=settings.execution_providers,
+            engine_cache_dir=engine_cache_dir(settings, self.model, self.version),
+        )
+        self._reservation = LEDGER.reserve(
+            f"{self.model}/{self.version}",
+            self.placement.gpu_memory(),
+            settings.gpu_memory_budget_bytes,
+        )
         try:
-            self.session = ort.InferenceSession(
-                str(model_path), options, providers=choose_providers(settings.execution_providers)
-            )
-        except Exception as exc:  # ORT raises its own exception types for bad graphs
-            raise ValueError(f"ONNX Runtime cannot load {model_path.name}: {exc}") from exc
-        self.concurrency = max(1, sum(group.count or 1 for group in config.instance_group) or 1)
+            preload_gpu_libraries(self.placement)
+            label = f"{self.model} version {self.version}"
+            self.instances = [
+                open_session(model_path, plan, settings, label) for plan in self.placement.sessions
+            ]
+        except BaseException:
+            LEDGER.release(self._reservation)
+            raise
+        self.session = self.instances[0].session  # the graph's signature is the same in all
+        self.model_dir = model_path.parent.parent
+        slots, self._binders = make_slots(
+            self.instances, self.placement.io_binding, config.max_batch_size > 0
+        )
+        self._slots = slots
+        self._free: queue.SimpleQueue[Slot] = queue.SimpleQueue()
+        for slot in slots:
+            self._free.put(slot)
+        self.concurrency = len(slots)
+        self._warmed = False
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"ort-{config.name}")
+        self._info = Counter(self._info_labels(opened) for opened in self.instances)
+        for labels, count in self._info.items():
+            INSTANCE_INFO.hold(labels, count)
+
+    def _info_labels(self, opened: OpenedSession) -> tuple[str, str, str, str, str]:
+        limit = str(opened.plan.gpu_mem_limit_bytes) if opened.plan.on_gpu else "0"
+        return self.model, self.version, opened.device, opened.provider, limit
 
     def complete_config(self, config: model_config_pb2.ModelConfig) -> None:
-        """Fill inputs/outputs the config leaves out from the graph, then check the rest."""
+        """Fill inputs/outputs the config leaves out from the graph, check the rest, and record
+        where the instances really run (``ort_runtime.describe``)."""
         batch_axis = config.max_batch_size > 0
         for kind, graph_tensors, config_tensors in (
             ("input", self.session.get_inputs(), config.input),
@@ -98,26 +135,50 @@ class OnnxRuntimeBackend(Backend):
                         f"{kind} '{declared.name}' has dims {list(declared.dims)} in config.pbtxt "
                         f"but {graph_dims} in the graph"
                     )
+        describe(config, self.instances, self.placement)
 
-    def _run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        feeds = {name: _strings_to_ort(array) for name, array in inputs.items()}
+    def warm_up(self, config: model_config_pb2.ModelConfig) -> None:
+        """Triton's model_warmup (default: one max-size batch on GPU) before the model is READY."""
+        label = f"{self.model} version {self.version}"
         try:
-            results = self.session.run(output_names, feeds)
+            samples = warmup_samples(config, self.model_dir, self.placement.on_gpu)
+            seconds = run_warmup(self._slots, samples, label)
+        except Exception as exc:
+            self._pool.shutdown(wait=False)
+            LEDGER.release(self._reservation)
+            raise ValueError(f"warmup failed: {exc}") from exc
+        if samples:
+            self._warmed = True
+            WARMUP_SECONDS.hold((self.model, self.version), seconds)
+            log.info("warmup of %s done in %.3f s", label, seconds)
+
+    def _run(self, inputs: Tensors, output_names: list[str]) -> Tensors:
+        feeds = {name: _strings_to_ort(array) for name, array in inputs.items()}
+        slot = self._free.get()  # never waits: one slot per worker thread
+        try:
+            results = slot.run(feeds, output_names)
         except InvalidArgument as exc:  # e.g. a token id outside the vocabulary
             raise BadRequest(f"the model rejected the input: {exc}") from exc
+        finally:
+            self._free.put(slot)
         return {name: _strings_from_ort(array) for name, array in zip(output_names, results)}
 
-    async def execute(
-        self, inputs: dict[str, np.ndarray], output_names: list[str]
-    ) -> dict[str, np.ndarray]:
+    async def execute(self, inputs: Tensors, output_names: list[str]) -> Tensors:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._run, inputs, output_names)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
+        for binder in self._binders:
+            binder.close()
+        for labels in self._info:
+            INSTANCE_INFO.release(labels)
+        if self._warmed:
+            WARMUP_SECONDS.release((self.model, self.version))
+        LEDGER.release(self._reservation)
 
 
-def _strings_to_ort(array: np.ndarray) -> np.ndarray:
+def _strings_to_ort(array: Array) -> Array:
     """BYTES arrive as bytes; ORT's binding wants str (it stores str(b"x"), i.e. "b'x'")."""
     if array.dtype != np.object_:
         return array
@@ -130,7 +191,7 @@ def _strings_to_ort(array: np.ndarray) -> np.ndarray:
     return result.reshape(array.shape)
 
 
-def _strings_from_ort(array: np.ndarray) -> np.ndarray:
+def _strings_from_ort(array: Array) -> Array:
     """ORT returns string tensors as str; the rest of the gateway carries BYTES as bytes."""
     if array.dtype != np.object_:
         return array

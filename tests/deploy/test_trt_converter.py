@@ -185,3 +185,34 @@ def test_real_trtexec_builds_a_plan(build_plans: ModuleType, tmp_path: Path) -> 
     onnx.save(helper.make_model(graph), str(repo / "relu" / "1" / "model.onnx"))
     assert build_plans.main([str(repo), "--trtexec", trtexec]) == 0
     assert (repo / "relu_trt" / "1" / "model.plan").stat().st_size > 0
+
+
+def test_device_gpu_retargets_the_onnx_configs_at_kind_gpu(
+    build_plans: ModuleType, repo: Path, tmp_path: Path
+) -> None:
+    """The compose converter runs with ``--device gpu``: Triton then runs the ONNX models on
+    the GPU too, not only the plans (the converters write KIND_CPU)."""
+    import yaml
+
+    compose = yaml.safe_load((DEPLOY.parent / "docker-compose.yml").read_text())
+    command = compose["services"]["converter"]["command"]
+    assert command[command.index("--device") + 1] == "gpu"
+
+    trtexec = _stand_in_trtexec(tmp_path / "trtexec", 0)
+    before = (repo / "fixed" / "config.pbtxt").read_text()
+    argv = [str(repo), "--device", "gpu", "--gpu-ids", "0,1", "--trtexec", str(trtexec)]
+    assert build_plans.main([*argv, "--dry-run"]) == 0
+    assert (repo / "fixed" / "config.pbtxt").read_text() == before, "dry run wrote a config"
+    assert build_plans.main(argv) == 0
+    embed = text_format.Parse((repo / "embed" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert [(g.kind, g.count, list(g.gpus)) for g in embed.instance_group] == [
+        (mc.ModelInstanceGroup.KIND_GPU, 2, [0, 1])
+    ]
+    assert embed.response_cache.enable and embed.max_batch_size == 16  # the rest is kept
+    fixed = text_format.Parse((repo / "fixed" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert [(g.kind, g.count) for g in fixed.instance_group] == [
+        (mc.ModelInstanceGroup.KIND_GPU, 1)
+    ]
+    python = text_format.Parse((repo / "py" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert not python.instance_group, "only ONNX Runtime models are re-targeted"
+    assert build_plans.gpu_retargets(repo, [0, 1]) == [], "a second run changes nothing"
