@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2
 from service import __version__
 from service.batching import DynamicBatcher, Outputs
 from service.cache import ResponseCache
-from service.errors import BadRequest, InferenceError, NotFound, Unavailable
+from service.errors import BadRequest, InferenceError, NotFound
 from service.metrics import render as render_metrics
 from service.model import ModelVersion
 from service.protocol.validation import Admitted, validate
@@ -143,7 +143,7 @@ class DataPlane:
             return
         if name not in self.repository.models:
             raise NotFound(f"Request for unknown model: '{name}' is not found")
-        raise Unavailable("explicit model load / unload is not allowed if polling is enabled")
+        raise BadRequest("explicit model load / unload is not allowed if polling is enabled")
 
     # -- inference ------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:

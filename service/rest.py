@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
+from service import rest_schema
 from service.errors import (
     BadRequest,
     InferenceError,
@@ -215,6 +216,7 @@ def build_app(dataplane: DataPlane) -> InferEndpoint:
     api = FastAPI(title="infergate", version="0.1.0", docs_url="/docs", openapi_url="/openapi.json")
     for error_type in (InferenceError, HTTPException, RequestValidationError, Exception):
         api.add_exception_handler(error_type, _render_error)
+    rest_schema.install(api)
 
     def status(ok: bool, failed: int = 503) -> Response:
         return Response(status_code=200 if ok else failed)
