@@ -110,6 +110,19 @@ async def wait_until_async(
         await asyncio.sleep(interval)
 
 
+class ManualClock:
+    """A monotonic clock that moves only when the test says: ``clock.advance(seconds)``."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def free_port() -> int:
     """A port free right now, for servers that cannot bind port 0 themselves.
 

@@ -22,6 +22,9 @@ from tests.helpers import WAIT_S, free_port, wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
+#: bound on one Redis call or a wait for background writes: a hang, never a busy machine
+SLOW_REDIS_S = 60.0
+
 
 def free_cluster_port() -> int:
     """A free port whose cluster-bus twin (port + 10000) is free too."""
@@ -61,9 +64,14 @@ class RedisServer:
     """One ``redis-server`` process; ``kill()`` and ``start()`` keep the port."""
 
     def __init__(
-        self, port: int | None = None, password: str | None = None, extra: list[str] | None = None
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        extra: list[str] | None = None,
+        pick_port: Callable[[], int] = free_port,
     ) -> None:
-        self.port = port or free_port()
+        self.pick_port = pick_port
+        self.port = port or pick_port()
         # a port we picked may be re-picked if taken, until clients know it (the first start)
         self.port_fixed = port is not None
         self.password = password
@@ -90,7 +98,7 @@ class RedisServer:
                 return self
             if self.port_fixed or "Address already in use" not in self.log_tail():
                 raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-            self.port = free_port()
+            self.port = self.pick_port()
         raise RuntimeError(f"redis-server found no free port: {self.log_tail()}")
 
     def _start_once(self, timeout_s: float) -> bool:
