@@ -216,12 +216,12 @@ def _spawn_gateway(
     return process, Path(log_file.name)
 
 
-def _listening(process: subprocess.Popen[bytes], log_path: Path) -> str | None:
-    """The log once the REST port is announced (or the process died); None while starting."""
+def _listening(process: subprocess.Popen[bytes], log_path: Path) -> str:
+    """The log once the REST port is announced (or the process died); "" while starting."""
     text = log_path.read_text(errors="replace")
     if process.poll() is not None or _HTTP_LISTENING.search(text):
-        return text
-    return None
+        return text or "(exited without a word)"
+    return ""
 
 
 def start_gateway(

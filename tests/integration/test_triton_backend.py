@@ -192,13 +192,15 @@ def test_replica_killed_under_load_then_rejoins(cluster: Cluster) -> None:
         load.wait_for(200)
         wait_until(
             lambda: min(victim.inference_count(MODEL), survivor.inference_count(MODEL)) > 0,
-            "traffic to reach both replicas",
+            what="traffic to reach both replicas",
         )
         victim.kill()  # SIGKILL mid-load: in-flight batches fail and are retried
         load.wait_for(300)
         assert not load.failures, f"{len(load.failures)} failed, first: {load.failures[0]}"
         victim.start()  # same ports; Triton's counters start again from zero
-        wait_until(lambda: victim.inference_count(MODEL) > 0, "the restarted replica to rejoin")
+        wait_until(
+            lambda: victim.inference_count(MODEL) > 0, what="the restarted replica to rejoin"
+        )
         load.wait_for(50)
     assert not load.failures, f"{len(load.failures)} failed, first: {load.failures[0]}"
     assert load.ok >= 550
@@ -225,7 +227,7 @@ def test_all_replicas_down_is_a_clear_503(cluster: Cluster) -> None:
     finally:
         cluster.ensure_up()
     x = np.ones((2, FEATURES), np.float32)
-    wait_until(lambda: _recovered(cluster, x), "the gateway to serve again after restarts")
+    wait_until(lambda: _recovered(cluster, x), what="the gateway to serve again after restarts")
 
 
 def _recovered(cluster: Cluster, x: np.ndarray) -> bool:
