@@ -134,6 +134,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_PORT_TAKEN = re.compile(r"(?i)already in use|cannot bind")
+
+Process = subprocess.Popen[bytes]
+
+
+def _kill(process: Process) -> None:
+    process.kill()
+    process.wait()
+
+
+def start_process(
+    spawn: Callable[[], Process],
+    up: Callable[[Process], bool],
+    log: Callable[[], str],
+    what: str,
+    *,
+    new_ports: Callable[[], None] | None = None,
+    kill: Callable[[Process], None] = _kill,
+    timeout: float = WAIT_S,
+) -> Process:
+    """Spawn a server and wait until ``up(process)``; raise, with its log, if it exits first.
+
+    For servers that cannot bind port 0: when it exits because a port was taken meanwhile and
+    ``new_ports`` is given, that picks fresh ones and the server is started again.
+    """
+    for _ in range(5):
+        process = spawn()
+        try:
+            wait_until(lambda: process.poll() is not None or up(process), timeout, what)  # noqa: B023
+        except AssertionError:
+            kill(process)
+            raise
+        if process.poll() is None:
+            return process
+        text = log()
+        if new_ports is None or not _PORT_TAKEN.search(text):
+            raise RuntimeError(f"{what}: exited with {process.returncode}:\n{text}")
+        new_ports()
+    raise RuntimeError(f"{what}: its ports were taken 5 times:\n{log()}")
+
+
 def edit_config(
     path: Path, mutate: Callable[[model_config_pb2.ModelConfig], None]
 ) -> model_config_pb2.ModelConfig:
@@ -190,15 +231,16 @@ class Gateway:
 
 _HTTP_LISTENING = re.compile(r"HTTP listening on \S+:(\d+)")
 _GRPC_LISTENING = re.compile(r"gRPC listening on \S+:(\d+)")
-_GRPC_PORT_TAKEN = "cannot bind gRPC server"
 
 
 def _spawn_gateway(
-    repo: Path | str, args: tuple[str, ...], env: dict[str, str], grpc_port: int, via_env: bool
-) -> tuple[subprocess.Popen[bytes], Path]:
-    log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the child process writes to it
-        prefix="infergate-", suffix=".log", delete=False
-    )
+    repo: Path | str,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    grpc_port: int,
+    via_env: bool,
+    log_path: Path,
+) -> Process:
     serving = {"model-repo": str(repo), "host": "127.0.0.1", "http-port": "0"}
     serving["grpc-port"] = str(grpc_port)
     process_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
@@ -209,19 +251,10 @@ def _spawn_gateway(
         else:
             command += [f"--{flag}", value]
     command += args
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=process_env, stdout=log_file, stderr=subprocess.STDOUT
-    )
-    log_file.close()
-    return process, Path(log_file.name)
-
-
-def _listening(process: subprocess.Popen[bytes], log_path: Path) -> str:
-    """The log once the REST port is announced (or the process died); "" while starting."""
-    text = log_path.read_text(errors="replace")
-    if process.poll() is not None or _HTTP_LISTENING.search(text):
-        return text or "(exited without a word)"
-    return ""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=process_env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def start_gateway(
@@ -237,24 +270,27 @@ def start_gateway(
     (its port 0 means "off"), so it gets a free port and a start that finds it taken is retried.
     ``via_env`` passes repository, host and ports as ``INFERGATE_*`` variables, not flags.
     """
-    for _ in range(5):
-        process, log_path = _spawn_gateway(repo, args, env or {}, free_port(), via_env)
-        text = wait_until(
-            lambda: _listening(process, log_path),  # noqa: B023 - called before the next loop
-            timeout,
-            f"the gateway to announce its ports ({log_path})",
-        )
-        if process.poll() is not None and _GRPC_PORT_TAKEN in text:
-            continue  # someone took the free gRPC port first: try another
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway exited with {process.returncode}:\n{text}")
-        break
-    else:
-        raise RuntimeError(f"no free gRPC port after 5 tries:\n{text}")
+    handle, name = tempfile.mkstemp(prefix="infergate-", suffix=".log")
+    os.close(handle)
+    log_path = Path(name)
+    grpc_port = [free_port()]
+
+    def new_grpc_port() -> None:
+        grpc_port[0] = free_port()
+
+    process = start_process(
+        lambda: _spawn_gateway(repo, args, env or {}, grpc_port[0], via_env, log_path),
+        lambda _: bool(_HTTP_LISTENING.search(log_path.read_text(errors="replace"))),
+        lambda: log_path.read_text(errors="replace"),
+        f"the gateway to announce its ports ({log_path})",
+        new_ports=new_grpc_port,
+        timeout=timeout,
+    )
+    text = log_path.read_text(errors="replace")
     http_match, grpc_match = _HTTP_LISTENING.search(text), _GRPC_LISTENING.search(text)
     assert http_match is not None
-    grpc_port = int(grpc_match.group(1)) if grpc_match else 0
-    gateway = Gateway(process, int(http_match.group(1)), grpc_port, log_path, list(args))
+    grpc_bound = int(grpc_match.group(1)) if grpc_match else 0
+    gateway = Gateway(process, int(http_match.group(1)), grpc_bound, log_path, list(args))
     try:
         wait_until(lambda: _ready(gateway), timeout, f"the gateway to be ready ({log_path})")
     except AssertionError:

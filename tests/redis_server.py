@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import WAIT_S, free_port, wait_until
+from tests.helpers import WAIT_S, free_port, start_process
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -89,20 +89,24 @@ class RedisServer:
         return self.process is not None and self.process.poll() is None
 
     def start(self, timeout_s: float = WAIT_S) -> RedisServer:
-        """Start and wait for PING; a first start on a port taken meanwhile moves to another."""
+        """Start and wait until it answers; a first start on a port taken meanwhile moves."""
         if self.running:
             return self
-        for _ in range(5):
-            if self._start_once(timeout_s):
-                self.port_fixed = True  # restarts keep it: clients reconnect to it
-                return self
-            if self.port_fixed or "Address already in use" not in self.log_tail():
-                raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-            self.port = self.pick_port()
-        raise RuntimeError(f"redis-server found no free port: {self.log_tail()}")
+        self.process = start_process(
+            self._spawn,
+            lambda process: self._answers(process.pid),
+            self.log_tail,
+            f"redis-server on port {self.port} to answer",
+            new_ports=None if self.port_fixed else self._new_port,
+            timeout=timeout_s,
+        )
+        self.port_fixed = True  # restarts keep it: clients reconnect to it
+        return self
 
-    def _start_once(self, timeout_s: float) -> bool:
-        """True once it answers; False if it exited (the log says why)."""
+    def _new_port(self) -> None:
+        self.port = self.pick_port()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         args = [
             REDIS_SERVER,
             "--port", str(self.port),
@@ -115,23 +119,8 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         args += self.extra
-        log = (self.dir / "redis.log").open("ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        process = self.process
-        try:
-            answered = wait_until(
-                lambda: process.poll() is not None or self._answers(process.pid),
-                timeout_s,
-                f"redis-server on port {self.port} to answer PING",
-            )
-        except AssertionError:
-            self.kill()
-            raise
-        if process.poll() is not None:
-            self.process = None
-            return False
-        return answered
+        with (self.dir / "redis.log").open("ab") as log:
+            return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 
     def _answers(self, pid: int) -> bool:
         return _serves_as(self.port, pid, self.password)

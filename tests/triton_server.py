@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.helpers import ROOT, WAIT_S, free_port, wait_until
+from tests.helpers import ROOT, WAIT_S, free_port, start_process
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -164,43 +164,35 @@ class TritonServer:
         """
         if self.alive():
             return self
-        for _ in range(5):
-            if self._start_once(timeout_s):
-                return self
-            if self.starts > 1 or "already in use" not in self.log_tail():
-                raise TritonUnavailable(f"tritonserver exited:\n{self.log_tail()}")
-            self.starts = 0
-            self.http_port, self.grpc_port = free_port(), free_port()
-            self.metrics_port = free_port()
-        raise TritonUnavailable(f"tritonserver found no free ports:\n{self.log_tail()}")
-
-    def _start_once(self, timeout_s: float) -> bool:
-        """True once ready; False if the process exited (its log says why)."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        process = subprocess.Popen(
-            self.command(),
-            env=self.tree.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the python-backend stubs die with the group on kill()
-        )
-        self.process = process
-        log.close()
-        self.starts += 1
         try:
-            wait_until(
-                lambda: process.poll() is not None or self.ready(),
-                timeout_s,
+            self.process = start_process(
+                self._spawn,
+                lambda _: self.ready(),
+                self.log_tail,
                 f"tritonserver on {self.http_url} to be ready ({self.log_path})",
+                new_ports=self._new_ports if self.starts == 0 else None,
+                kill=_kill_group,
+                timeout=timeout_s,
             )
-        except AssertionError:
-            self.kill()
-            raise
-        if process.poll() is not None:
-            self._reap_group()
-            return False
-        return True
+        except RuntimeError as exc:
+            raise TritonUnavailable(str(exc)) from exc
+        self.starts += 1
+        return self
+
+    def _new_ports(self) -> None:
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.metrics_port = free_port()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                self.command(),
+                env=self.tree.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the python-backend stubs die with the group on kill()
+            )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -237,8 +229,7 @@ class TritonServer:
 
     def _reap_group(self) -> None:
         assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        _kill_group(self.process, wait=False)
 
     def _url(self, path: str) -> str:
         return f"http://{self.http_url}{path}"
@@ -258,6 +249,14 @@ class TritonServer:
         if not self.log_path.is_file():
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _kill_group(process: subprocess.Popen[bytes], wait: bool = True) -> None:
+    """SIGKILL a server started with ``start_new_session`` together with its children."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if wait:
+        process.wait(10)
 
 
 # --- pytest fixtures -----------------------------------------------------------------------------

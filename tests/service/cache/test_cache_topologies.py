@@ -13,7 +13,7 @@ from redis.asyncio.cluster import RedisCluster
 from service.cache import ResponseCache
 from service.settings import Settings
 from service.types import InferRequest
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, start_process, wait_until
 from tests.redis_server import REDIS_SERVER, SLOW_REDIS_S, RedisServer, free_cluster_port
 
 pytestmark = pytest.mark.slow
@@ -39,32 +39,36 @@ async def _roundtrip(cache: ResponseCache) -> list[bool]:
 
 
 def _start_sentinel(master_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """A sentinel watching ``master_port``, started on a fresh port until one is not taken."""
-    for _ in range(5):
-        port = free_port()  # a sentinel cannot bind port 0
+    """A sentinel watching ``master_port`` (it cannot bind port 0: a taken port is re-picked)."""
+    port = [free_port()]
+    log = workdir / "sentinel.log"
+
+    def spawn() -> subprocess.Popen[bytes]:
         conf = workdir / "sentinel.conf"
         conf.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"port {port[0]}\nbind 127.0.0.1\ndir {workdir}\n"
             f"sentinel monitor infer 127.0.0.1 {master_port} 1\n"
         )
-        log = workdir / "sentinel.log"
         with log.open("wb") as out:
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 [REDIS_SERVER, str(conf), "--sentinel"], stdout=out, stderr=subprocess.STDOUT
             )
 
-        def knows_master(port: int = port, process: subprocess.Popen[bytes] = process) -> str:
-            if process.poll() is not None:
-                return "exited"
-            command = ["redis-cli", "-p", str(port), "sentinel", "get-master-addr-by-name", "infer"]
-            out = subprocess.run(command, capture_output=True, text=True).stdout
-            return "ready" if str(master_port) in out else ""
+    def knows_master(_: subprocess.Popen[bytes]) -> bool:
+        command = ["redis-cli", "-p", str(port[0]), "sentinel", "get-master-addr-by-name", "infer"]
+        return str(master_port) in subprocess.run(command, capture_output=True, text=True).stdout
 
-        if wait_until(knows_master, what=f"the sentinel on {port} to know the master") == "ready":
-            return process, port
-        if "already in use" not in log.read_text(errors="replace"):
-            raise RuntimeError(f"sentinel exited: {log.read_text(errors='replace')}")
-    raise RuntimeError("no free port for a sentinel after 5 tries")
+    def new_port() -> None:
+        port[0] = free_port()
+
+    process = start_process(
+        spawn,
+        knows_master,
+        lambda: log.read_text(errors="replace"),
+        "the sentinel to know the master",
+        new_ports=new_port,
+    )
+    return process, port[0]
 
 
 @pytest.fixture
