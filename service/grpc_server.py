@@ -240,11 +240,14 @@ def bind_address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-async def start_grpc_server(dataplane: DataPlane, settings: Settings) -> grpc.aio.Server | None:
+async def start_grpc_server(
+    dataplane: DataPlane, settings: Settings
+) -> tuple[grpc.aio.Server, int] | None:
     """Create, bind and start the gRPC server on ``settings.host:settings.grpc_port``.
 
-    Returns None when ``grpc_port`` is 0 (gRPC disabled). Stop with ``await server.stop(grace)``.
-    Must be called from the running event loop that serves REST, so both share it.
+    Returns the server and the port it bound, or None when ``grpc_port`` is 0 (gRPC disabled).
+    Stop with ``await server.stop(grace)``. Must be called from the running event loop that
+    serves REST, so both share it.
     """
     if settings.grpc_port == 0:
         return None
@@ -261,4 +264,4 @@ async def start_grpc_server(dataplane: DataPlane, settings: Settings) -> grpc.ai
         raise OSError(f"cannot bind gRPC server to {address}")
     await server.start()
     log.debug("gRPC server bound to %s", address)
-    return server
+    return server, port

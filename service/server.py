@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -61,6 +62,19 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
+def bind_http_socket(host: str, port: int) -> socket.socket:
+    """Bind the REST socket here, so port 0 gets a free port that is known before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve(settings: Settings) -> None:
     """Start everything, serve until SIGINT/SIGTERM, then finish queued work and stop."""
     dataplane = DataPlane(settings)
@@ -69,8 +83,11 @@ async def serve(settings: Settings) -> None:
     if settings.grpc_port:
         from service.grpc_server import start_grpc_server
 
-        grpc_server = await start_grpc_server(dataplane, settings)
-        log.info("gRPC listening on %s:%d", settings.host, settings.grpc_port)
+        started = await start_grpc_server(dataplane, settings)
+        if started is not None:
+            grpc_server, grpc_port = started
+            log.info("gRPC listening on %s:%d", settings.host, grpc_port)
+    http_socket = bind_http_socket(settings.host, settings.http_port)
     config = uvicorn.Config(
         build_app(dataplane),
         host=settings.host,
@@ -96,11 +113,12 @@ async def serve(settings: Settings) -> None:
     log.info(
         "HTTP listening on %s:%d (models from %s)",
         settings.host,
-        settings.http_port,
+        http_socket.getsockname()[1],
         settings.model_repo,
     )
     try:
-        await server.serve()  # returns after a signal, once in-flight HTTP requests finished
+        # returns after a signal, once in-flight HTTP requests finished
+        await server.serve(sockets=[http_socket])
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace=5)

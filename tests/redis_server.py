@@ -1,5 +1,8 @@
 """A real ``redis-server`` for tests: free port, no persistence, kill and restart on the same port.
 
+redis-server cannot bind port 0 (that turns TCP off), so a first start that finds its free port
+taken picks another one and starts again.
+
 Import the fixtures into a conftest (``from tests.redis_server import redis_server,
 redis_server_factory``) or use :class:`RedisServer` directly from scripts and benchmarks.
 """
@@ -10,19 +13,17 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import WAIT_S, free_port, start_process
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: bound on one Redis call or a wait for background writes: a hang, never a busy machine
+SLOW_REDIS_S = 60.0
 
 
 def free_cluster_port() -> int:
@@ -40,11 +41,21 @@ def free_cluster_port() -> int:
     raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
-def _ping(port: int, timeout_s: float = 0.5) -> bool:
+def _serves_as(port: int, pid: int, password: str | None = None, timeout_s: float = 5.0) -> bool:
+    """Whether the redis-server with process id ``pid`` answers on ``port`` (not another one)."""
+    commands = ([f"AUTH {password}"] if password else []) + ["INFO server"]
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            sock.sendall("".join(f"{command}\r\n" for command in commands).encode())
+            reply = b""
+            while True:
+                found = reply.find(b"process_id:")
+                if found >= 0 and reply.find(b"\r\n", found) >= 0:
+                    return f"process_id:{pid}\r\n".encode() in reply
+                chunk = sock.recv(4096)
+                reply += chunk
+                if not chunk or reply.startswith(b"-"):
+                    return False
     except OSError:
         return False
 
@@ -53,9 +64,16 @@ class RedisServer:
     """One ``redis-server`` process; ``kill()`` and ``start()`` keep the port."""
 
     def __init__(
-        self, port: int | None = None, password: str | None = None, extra: list[str] | None = None
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        extra: list[str] | None = None,
+        pick_port: Callable[[], int] = free_port,
     ) -> None:
-        self.port = port or free_port()
+        self.pick_port = pick_port
+        self.port = port or pick_port()
+        # a port we picked may be re-picked if taken, until clients know it (the first start)
+        self.port_fixed = port is not None
         self.password = password
         self.extra = list(extra or [])
         self.dir = Path(tempfile.mkdtemp(prefix="infergate-redis-"))
@@ -70,9 +88,25 @@ class RedisServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, timeout_s: float = 10.0) -> RedisServer:
+    def start(self, timeout_s: float = WAIT_S) -> RedisServer:
+        """Start and wait until it answers; a first start on a port taken meanwhile moves."""
         if self.running:
             return self
+        self.process = start_process(
+            self._spawn,
+            lambda process: self._answers(process.pid),
+            self.log_tail,
+            f"redis-server on port {self.port} to answer",
+            new_ports=None if self.port_fixed else self._new_port,
+            timeout=timeout_s,
+        )
+        self.port_fixed = True  # restarts keep it: clients reconnect to it
+        return self
+
+    def _new_port(self) -> None:
+        self.port = self.pick_port()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         args = [
             REDIS_SERVER,
             "--port", str(self.port),
@@ -85,29 +119,11 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         args += self.extra
-        log = (self.dir / "redis.log").open("ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-            if self._answers():
-                return self
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
+        with (self.dir / "redis.log").open("ab") as log:
+            return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 
-    def _answers(self) -> bool:
-        if not self.password:
-            return _ping(self.port)
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(f"AUTH {self.password}\r\nPING\r\n".encode())
-                time.sleep(0.01)
-                return b"+PONG" in sock.recv(64)
-        except OSError:
-            return False
+    def _answers(self, pid: int) -> bool:
+        return _serves_as(self.port, pid, self.password)
 
     def kill(self) -> None:
         """SIGKILL, like a crashed or partitioned Redis; the port is free again afterwards."""

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, WAIT_S, free_port, start_process
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -157,34 +156,43 @@ class TritonServer:
             *self.extra_args,
         ]
 
-    def start(self, timeout_s: float = 90.0) -> TritonServer:
-        """Spawn the server in its own process group and wait until it reports ready."""
+    def start(self, timeout_s: float = WAIT_S) -> TritonServer:
+        """Spawn the server in its own process group and wait until it reports ready.
+
+        tritonserver cannot bind port 0: a first start that finds a port taken meanwhile moves
+        to fresh ones; later starts keep the ports their clients know.
+        """
         if self.alive():
             return self
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.command(),
-            env=self.tree.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the python-backend stubs die with the group on kill()
-        )
-        log.close()
+        try:
+            self.process = start_process(
+                self._spawn,
+                lambda _: self.ready(),
+                self.log_tail,
+                f"tritonserver on {self.http_url} to be ready ({self.log_path})",
+                new_ports=self._new_ports if self.starts == 0 else None,
+                kill=_kill_group,
+                timeout=timeout_s,
+            )
+        except RuntimeError as exc:
+            raise TritonUnavailable(str(exc)) from exc
         self.starts += 1
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise TritonUnavailable(
-                    f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            if self.ready():
-                return self
-            time.sleep(0.2)
-        self.kill()
-        raise TritonUnavailable(
-            f"tritonserver not ready after {timeout_s:.0f}s:\n{self.log_tail()}"
-        )
+        return self
+
+    def _new_ports(self) -> None:
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.metrics_port = free_port()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                self.command(),
+                env=self.tree.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the python-backend stubs die with the group on kill()
+            )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -215,14 +223,13 @@ class TritonServer:
         self._reap_group()
         self.process.wait(10)
 
-    def restart(self, timeout_s: float = 90.0) -> TritonServer:
+    def restart(self, timeout_s: float = WAIT_S) -> TritonServer:
         self.stop()
         return self.start(timeout_s)
 
     def _reap_group(self) -> None:
         assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        _kill_group(self.process, wait=False)
 
     def _url(self, path: str) -> str:
         return f"http://{self.http_url}{path}"
@@ -242,6 +249,14 @@ class TritonServer:
         if not self.log_path.is_file():
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _kill_group(process: subprocess.Popen[bytes], wait: bool = True) -> None:
+    """SIGKILL a server started with ``start_new_session`` together with its children."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if wait:
+        process.wait(10)
 
 
 # --- pytest fixtures -----------------------------------------------------------------------------

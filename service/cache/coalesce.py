@@ -31,10 +31,6 @@ class Coalescer(Generic[T]):
     def __len__(self) -> int:
         return len(self._flights)
 
-    def in_flight(self, key: str) -> bool:
-        flight = self._flights.get(key)
-        return flight is not None and not flight.task.done()
-
     async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Return ``(result, joined)``; ``joined`` is True when another caller's work was reused."""
         flight = self._flights.get(key)

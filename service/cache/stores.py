@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from service.cache.metrics import CACHE_BYTES, CACHE_ERRORS
@@ -22,8 +23,6 @@ class Store(Protocol):
     async def start(self) -> None: ...
 
     async def get(self, key: str) -> bytes | None: ...
-
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
 
     def put(self, key: str, value: bytes, ttl_s: float) -> None:
         """Store without waiting: the response must not wait for the cache write."""
@@ -53,12 +52,16 @@ class RateLimitedLog:
 
 
 class LocalStore:
-    """LRU bounded by the bytes of the stored values (keys counted too), with per-entry TTL."""
+    """LRU bounded by the bytes of the stored values (keys counted too), with per-entry TTL.
+
+    ``clock`` (seconds, monotonic) decides expiry; tests pass one they advance by hand.
+    """
 
     name = "local"
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
+        self._clock = clock
         self.bytes = 0
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self.evictions = 0
@@ -81,7 +84,7 @@ class LocalStore:
         if entry is None:
             return None
         value, expires_at = entry
-        if expires_at <= time.monotonic():
+        if expires_at <= self._clock():
             self._drop(key)
             return None
         self._entries.move_to_end(key)
@@ -93,7 +96,7 @@ class LocalStore:
             return False
         if key in self._entries:
             self._drop(key)
-        self._entries[key] = (value, time.monotonic() + ttl_s)
+        self._entries[key] = (value, self._clock() + ttl_s)
         self.bytes += size
         while self.bytes > self.max_bytes:
             oldest = next(iter(self._entries))
@@ -109,9 +112,6 @@ class LocalStore:
 
     async def get(self, key: str) -> bytes | None:
         return self.get_now(key)
-
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        self.set_now(key, value, ttl_s)
 
     def put(self, key: str, value: bytes, ttl_s: float) -> None:
         self.set_now(key, value, ttl_s)
@@ -144,10 +144,6 @@ class TieredStore:
         if value is not None and self.l1_ttl_s:
             self.l1.set_now(key, value, self.l1_ttl_s)
         return value
-
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        self.l1.set_now(key, value, min(ttl_s, self.l1_ttl_s or ttl_s))
-        await self.l2.set(key, value, ttl_s)
 
     def put(self, key: str, value: bytes, ttl_s: float) -> None:
         self.l1.set_now(key, value, min(ttl_s, self.l1_ttl_s or ttl_s))

@@ -18,11 +18,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
 
-from tests.helpers import ROOT, Gateway, start_gateway
+from tests.helpers import ROOT, Gateway, start_gateway, wait_until
 from tests.redis_server import RedisServer
 
 MODELS = ["minilm_embed", "digits_mlp"]  # minilm_embed sets response_cache; digits_mlp does not
-RELIABLE = {"INFERGATE_CACHE_REDIS_TIMEOUT_MS": "2000"}  # no spurious misses on 2 busy cores
+RELIABLE = {"INFERGATE_CACHE_REDIS_TIMEOUT_MS": "60000"}  # a slow Redis call is no miss
 
 
 @pytest.fixture(scope="module")
@@ -217,9 +217,8 @@ def test_two_gateways_share_hits_through_one_redis(
         arrays = sentence(8)
         stored = redis_keys(redis)
         first = embed(gw, arrays)
-        deadline = time.monotonic() + 10
-        while redis_keys(redis) == stored and time.monotonic() < deadline:
-            time.sleep(0.02)  # the write is fire-and-forget
+        # the write is fire-and-forget
+        wait_until(lambda: redis_keys(redis) > stored, what="the entry to land in Redis")
         before = stats(other)
         second = embed(other, arrays)
         np.testing.assert_array_equal(second, first)
@@ -275,10 +274,8 @@ def _load_through_redis_outage(gateway: Gateway, redis: RedisServer) -> None:
                     done[0] += 1
                     latencies.append((phase[0], time.perf_counter() - started))
 
-    def wait_for(count: int, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while done[0] < count and time.monotonic() < deadline:
-            time.sleep(0.02)
+    def wait_for(count: int) -> None:
+        wait_until(lambda: done[0] >= count, what=f"{count} answers under load (have {done[0]})")
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(worker, n) for n in range(4)]
@@ -313,18 +310,15 @@ def _load_through_redis_outage(gateway: Gateway, redis: RedisServer) -> None:
     ]
     assert sum(errors) >= 1
     # Back on the restarted (empty) Redis: entries are written and hit again.
-    deadline = time.monotonic() + 30
     arrays = sentence(999)
-    while time.monotonic() < deadline:
+
+    def hits_again() -> bool:
         embed(gateway, arrays)
-        time.sleep(0.1)
         before = stats(gateway)
         embed(gateway, arrays)
-        if delta(stats(gateway), before)["hits"] == 1 and redis_keys(redis) > 0:
-            break
-        time.sleep(0.3)
-    else:
-        pytest.fail("the gateway never used the restarted Redis again")
+        return delta(stats(gateway), before)["hits"] == 1 and redis_keys(redis) > 0
+
+    wait_until(hits_again, what="the gateway to use the restarted Redis again")
 
 
 def redis_keys(redis: RedisServer) -> int:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
+import shutil
+import socket
+import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from tritonclient.grpc import model_config_pb2
 
-from tests.helpers import start_gateway
+from tests.helpers import Gateway, edit_config, start_gateway, wait_until
 
 GOOD = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
 
@@ -162,11 +165,8 @@ def burst(port: int, path: str, body: bytes, count: int) -> list[tuple[int, dict
 
 def test_overload_gives_fast_503_bounded_memory_and_recovers(example_repo, tmp_path):
     """Requests one at a time (max_batch_size 1) behind a queue of 4: a burst must overflow it."""
-    import shutil
-
     shutil.copytree(example_repo / "minilm_embed", tmp_path / "minilm_embed")
-    config = tmp_path / "minilm_embed" / "config.pbtxt"
-    config.write_text(config.read_text().replace("max_batch_size: 32", "max_batch_size: 1"))
+    edit_config(tmp_path / "minilm_embed" / "config.pbtxt", one_instance_one_row)
     server = start_gateway(
         tmp_path, env={"INFERGATE_MAX_QUEUE_SIZE": "4", "INFERGATE_CACHE_ENABLED": "false"}
     )
@@ -227,24 +227,62 @@ def arrived(base_url: str) -> int:
     return int(done) + pending(base_url, "minilm_embed", "1")
 
 
-def wait_for(condition, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.01)
+def cancelled(base_url: str) -> float:
+    metrics = httpx.get(f"{base_url}/metrics").text
+    key = 'infergate_rejected_requests_total{model="minilm_embed",reason="cancelled"} '
+    lines = metrics.splitlines()
+    values = [float(line.removeprefix(key)) for line in lines if line.startswith(key)]
+    return values[0] if values else 0.0
+
+
+def one_instance_one_row(config: model_config_pb2.ModelConfig) -> None:
+    config.max_batch_size = 1
+    config.instance_group[0].count = 1
+
+
+def hang_up_behind(server: Gateway, blockers: int, body: dict) -> None:
+    """``blockers`` requests reach the queue, then one more that hangs up once it arrived too."""
+    url = f"{server.base_url}/v2/models/minilm_embed/versions/1/infer"
+    before = arrived(server.base_url)
+    threads = [
+        threading.Thread(target=httpx.post, args=(url,), kwargs={"json": body, "timeout": 300})
+        for _ in range(blockers)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: arrived(server.base_url) >= before + blockers, what="the blockers to queue")
+    payload = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
+        sock.sendall(
+            b"POST /v2/models/minilm_embed/versions/1/infer HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(payload)).encode()
+            + b"\r\n\r\n"
+            + payload
+        )
+        # hang up only once the request is inside the gateway
+        wait_until(
+            lambda: arrived(server.base_url) >= before + blockers + 1,
+            what="the request that hangs up to arrive",
+        )
+    for thread in threads:
+        thread.join(300)
+    wait_until(
+        lambda: pending(server.base_url, "minilm_embed", "1") == 0, what="the queue to drain"
+    )
 
 
 def test_a_client_that_hangs_up_is_dropped_from_the_queue(example_repo, tmp_path):
-    """One instance and no batching: slow requests queue up; one more hangs up while queued."""
-    import shutil
-    import socket
-    import threading
+    """One instance and no batching: requests queue up; one more hangs up while queued.
 
+    No timing: the gateway's ``cancelled`` counter says whether the request that hung up was
+    still queued. If the blockers were all served before it arrived (a fast gateway), it ran:
+    a round with twice the blockers follows.
+    """
     shutil.copytree(example_repo / "minilm_embed", tmp_path / "minilm_embed")
-    config = tmp_path / "minilm_embed" / "config.pbtxt"
-    config.write_text(config.read_text().replace("max_batch_size: 32", "max_batch_size: 1"))
+    edit_config(tmp_path / "minilm_embed" / "config.pbtxt", one_instance_one_row)
     server = start_gateway(tmp_path, "--no-batching", env={"INFERGATE_CACHE_ENABLED": "false"})
-    seq, blockers = 256, 24
+    seq = 256
     body = {
         "inputs": [
             {"name": "input_ids", "shape": [1, seq], "datatype": "INT64", "data": [2000] * seq},
@@ -252,36 +290,16 @@ def test_a_client_that_hangs_up_is_dropped_from_the_queue(example_repo, tmp_path
             {"name": "token_type_ids", "shape": [1, seq], "datatype": "INT64", "data": [0] * seq},
         ]
     }
-    url = f"{server.base_url}/v2/models/minilm_embed/versions/1/infer"
     try:
-        threads = [
-            threading.Thread(target=httpx.post, args=(url,), kwargs={"json": body, "timeout": 120})
-            for _ in range(blockers)
-        ]
-        for thread in threads:
-            thread.start()
-        wait_for(lambda: arrived(server.base_url) == blockers)
-        payload = json.dumps(body).encode()
-        with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
-            sock.sendall(
-                b"POST /v2/models/minilm_embed/versions/1/infer HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\nContent-Length: "
-                + str(len(payload)).encode()
-                + b"\r\n\r\n"
-                + payload
-            )
-            # hang up only once the request waits in the queue behind the others
-            wait_for(lambda: arrived(server.base_url) == blockers + 1)
-            assert pending(server.base_url, "minilm_embed", "1") >= 2
-        for thread in threads:
-            thread.join(120)
-        wait_for(lambda: pending(server.base_url, "minilm_embed", "1") == 0)
-        metrics = httpx.get(f"{server.base_url}/metrics").text
-        assert (
-            'infergate_rejected_requests_total{model="minilm_embed",reason="cancelled"} 1.0'
-            in metrics
-        )
+        rounds = []
+        for blockers in (24, 48, 96, 192):
+            rounds.append(blockers)
+            hang_up_behind(server, blockers, body)
+            if cancelled(server.base_url):
+                break
+        assert cancelled(server.base_url) == 1.0
         stats = httpx.get(f"{server.base_url}/v2/models/minilm_embed/versions/1/stats").json()
-        assert stats["model_stats"][0]["execution_count"] == blockers
+        # every blocker ran, and of the requests that hung up only those that were not queued
+        assert stats["model_stats"][0]["execution_count"] == sum(rounds) + len(rounds) - 1
     finally:
         server.stop()

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
-import time
 
 import httpx
+from tritonclient.grpc import model_config_pb2
 
-from tests.helpers import ROOT, free_port, start_gateway
+from tests.helpers import edit_config, start_gateway, wait_until
 
 EMBED = {
     "inputs": [
@@ -30,90 +27,85 @@ EMBED = {
 }
 
 
-def test_every_setting_can_come_from_the_environment(example_repo, tmp_path):
-    http_port, grpc_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "INFERGATE_MODEL_REPO": str(example_repo),
-        "INFERGATE_HOST": "127.0.0.1",
-        "INFERGATE_HTTP_PORT": str(http_port),
-        "INFERGATE_GRPC_PORT": str(grpc_port),
-        "INFERGATE_BATCHING": "false",
-        "INFERGATE_LOG_JSON": "true",
-    }
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
+def test_every_setting_can_come_from_the_environment(example_repo):
+    """Repository, host and ports as INFERGATE_* too (``via_env``): no flags at all."""
+    env = {"INFERGATE_BATCHING": "false", "INFERGATE_LOG_JSON": "true"}
+    server = start_gateway(example_repo, env=env, via_env=True)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://127.0.0.1:{http_port}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         body = {
             "inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [1.0] * 128}]
         }
         for _ in range(5):
-            response = httpx.post(
-                f"http://127.0.0.1:{http_port}/v2/models/digits_mlp/infer", json=body
-            )
+            response = httpx.post(f"{server.base_url}/v2/models/digits_mlp/infer", json=body)
             assert response.status_code == 200
-        stats = httpx.get(f"http://127.0.0.1:{http_port}/v2/models/digits_mlp/stats").json()
+        stats = httpx.get(f"{server.base_url}/v2/models/digits_mlp/stats").json()
         # batching off: every request was its own execution
         assert stats["model_stats"][0]["execution_count"] == 5
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
-    assert '"level": "info"' in log.read_text()
+        assert server.stop(30) == 0
+    assert '"level": "info"' in server.log()
+    assert server.args == []
 
 
-def wait_until_all_arrived(base_url: str, count: int) -> None:
-    """Until every request is queued, running or done inside the gateway, and some still pend."""
+def arrivals(base_url: str) -> tuple[int, int]:
+    """(pending, succeeded) requests of minilm_embed v2, from the gateway's metrics."""
     pattern = re.compile(
         r"nv_inference_(pending_request_count|request_success)"
         r'\{model="minilm_embed",version="2"\} (\d+)'
     )
-    for _ in range(600):
-        values = dict(pattern.findall(httpx.get(f"{base_url}/metrics").text))
-        pending, done = (
-            int(values.get("pending_request_count", 0)),
-            int(values.get("request_success", 0)),
-        )
-        if pending + done >= count:
-            assert pending > 0, "every request finished before the signal: nothing was tested"
-            return
-        time.sleep(0.02)
-    raise AssertionError("requests never reached the gateway")
+    values = dict(pattern.findall(httpx.get(f"{base_url}/metrics").text))
+    return int(values.get("pending_request_count", 0)), int(values.get("request_success", 0))
 
 
-def test_sigterm_finishes_queued_and_running_requests(example_repo, tmp_path):
-    """One request at a time (max_batch_size 1), so some are still queued when SIGTERM comes."""
-    shutil.copytree(example_repo / "minilm_embed", tmp_path / "minilm_embed")
-    config = tmp_path / "minilm_embed" / "config.pbtxt"
-    config.write_text(config.read_text().replace("max_batch_size: 32", "max_batch_size: 1"))
-    server = start_gateway(tmp_path, env={"INFERGATE_CACHE_ENABLED": "false"})
-    statuses: list[int] = []
+def one_at_a_time(config: model_config_pb2.ModelConfig) -> None:
+    config.max_batch_size = 1
+
+
+def send_all(url: str, count: int, statuses: list[int]) -> list[threading.Thread]:
+    """``count`` requests at once from their own threads; each status lands in ``statuses``."""
     lock = threading.Lock()
 
     def client() -> None:
-        with httpx.Client(timeout=60) as http:
-            response = http.post(f"{server.base_url}/v2/models/minilm_embed/infer", json=EMBED)
+        with httpx.Client(timeout=120) as http:
+            response = http.post(url, json=EMBED)
             with lock:
                 statuses.append(response.status_code)
 
-    threads = [threading.Thread(target=client) for _ in range(24)]
+    threads = [threading.Thread(target=client) for _ in range(count)]
     for thread in threads:
         thread.start()
-    wait_until_all_arrived(server.base_url, 24)
-    server.process.send_signal(signal.SIGTERM)
-    for thread in threads:
-        thread.join(60)
-    assert server.process.wait(30) == 0
-    assert statuses == [200] * 24
+    return threads
+
+
+def test_sigterm_finishes_queued_and_running_requests(example_repo, tmp_path):
+    """One request at a time (max_batch_size 1), so some are still queued when SIGTERM comes.
+
+    No timing: once every request of a round reached the gateway, some still pend (SIGTERM then)
+    or all are done already (a fast machine: a round twice the size follows).
+    """
+    shutil.copytree(example_repo / "minilm_embed", tmp_path / "minilm_embed")
+    edit_config(tmp_path / "minilm_embed" / "config.pbtxt", one_at_a_time)
+    server = start_gateway(tmp_path, env={"INFERGATE_CACHE_ENABLED": "false"})
+    url = f"{server.base_url}/v2/models/minilm_embed/infer"
+    statuses: list[int] = []
+    threads: list[threading.Thread] = []
+    try:
+        for count in (24, 48, 96, 192):
+            threads += send_all(url, count, statuses)
+            sent = len(threads)
+
+            def all_arrived(sent: int = sent) -> tuple[int, int] | None:
+                pending, done = arrivals(server.base_url)
+                return (pending, done) if pending + done >= sent else None
+
+            pending, _ = wait_until(all_arrived, what=f"{sent} requests to reach the gateway")
+            if pending:
+                break
+        assert pending > 0, "every request finished before the signal: nothing was tested"
+        server.process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(120)
+        assert server.process.wait(30) == 0
+        assert statuses == [200] * len(threads)
+    finally:
+        server.stop()

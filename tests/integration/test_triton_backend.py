@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 from service.errors import BadRequest
 from service.settings import Settings
 from service.sources import TritonSource
-from tests.helpers import Gateway, start_gateway
+from tests.helpers import Gateway, start_gateway, wait_until, wait_until_async
 from tests.triton_models import FEATURES, MODEL
 from tests.triton_server import (  # noqa: F401  (fixtures)
     TritonRepos,
@@ -177,19 +176,13 @@ class Load:
                 with self.lock:
                     self.ok += 1
 
-    def wait_for(self, successes: int, timeout_s: float = 120) -> None:
+    def wait_for(self, successes: int) -> None:
+        """Until ``successes`` more answers came back (or some answer was wrong)."""
         target = self.ok + successes
-        deadline = time.monotonic() + timeout_s
-        while self.ok < target and time.monotonic() < deadline and not self.failures:
-            time.sleep(0.05)
-        assert self.ok >= target or self.failures, f"load stalled at {self.ok} answers"
-
-
-def _wait_until(condition, what: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.1)
+        wait_until(
+            lambda: self.failures or (self.ok >= target and self.ok),
+            what=f"{successes} more correct answers under load (have {self.ok}, want {target})",
+        )
 
 
 def test_replica_killed_under_load_then_rejoins(cluster: Cluster) -> None:
@@ -197,15 +190,17 @@ def test_replica_killed_under_load_then_rejoins(cluster: Cluster) -> None:
     cluster.ensure_up()
     with Load(cluster) as load:
         load.wait_for(200)
-        _wait_until(
+        wait_until(
             lambda: min(victim.inference_count(MODEL), survivor.inference_count(MODEL)) > 0,
-            "traffic to reach both replicas",
+            what="traffic to reach both replicas",
         )
         victim.kill()  # SIGKILL mid-load: in-flight batches fail and are retried
         load.wait_for(300)
         assert not load.failures, f"{len(load.failures)} failed, first: {load.failures[0]}"
         victim.start()  # same ports; Triton's counters start again from zero
-        _wait_until(lambda: victim.inference_count(MODEL) > 0, "the restarted replica to rejoin")
+        wait_until(
+            lambda: victim.inference_count(MODEL) > 0, what="the restarted replica to rejoin"
+        )
         load.wait_for(50)
     assert not load.failures, f"{len(load.failures)} failed, first: {load.failures[0]}"
     assert load.ok >= 550
@@ -232,7 +227,7 @@ def test_all_replicas_down_is_a_clear_503(cluster: Cluster) -> None:
     finally:
         cluster.ensure_up()
     x = np.ones((2, FEATURES), np.float32)
-    _wait_until(lambda: _recovered(cluster, x), "the gateway to serve again after restarts")
+    wait_until(lambda: _recovered(cluster, x), what="the gateway to serve again after restarts")
 
 
 def _recovered(cluster: Cluster, x: np.ndarray) -> bool:
@@ -289,7 +284,9 @@ async def test_replica_without_the_model_gets_no_traffic(
         for _ in range(6):
             await backend.execute({"x": x}, ["probs"])
         # Triton updates its statistics just after answering: wait for them to settle.
-        _wait_until(lambda: serving.inference_count(MODEL) - before >= 6, "Triton's stats")
+        await wait_until_async(
+            lambda: serving.inference_count(MODEL) - before >= 6, what="Triton's stats"
+        )
         assert serving.inference_count(MODEL) - before == 6
         wasted = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert not wasted, wasted

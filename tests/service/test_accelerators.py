@@ -239,12 +239,17 @@ async def test_budget_leaves_the_model_that_does_not_fit_unavailable(example_rep
     gpu_copy(example_repo, tmp_path, "b_mlp", limit)
     budget = 8_000_000_000  # a_mlp's two instances hold 6 GB of it; b_mlp needs 6 GB more
     dataplane = DataPlane(
-        Settings(model_repo=tmp_path, grpc_port=0, gpu_memory_budget_bytes=budget)
+        Settings(
+            model_repo=tmp_path,
+            grpc_port=0,
+            gpu_memory_budget_bytes=budget,
+            model_control_mode="explicit",
+        )
     )
     await dataplane.start()
     try:
         assert (await dataplane.infer(digits("a_mlp"))).outputs["probabilities"].shape == (1, 10)
-        rows = {row["name"]: row for row in await dataplane.repository_index()}
+        rows = {row.name: row.to_json() for row in await dataplane.repository_index()}
         assert rows["b_mlp"]["state"] == "UNAVAILABLE"
         assert "GPU 0 has 2000000000 of its 8000000000 budget bytes left" in rows["b_mlp"]["reason"]
         with pytest.raises(Unavailable, match="instances need 6000000000"):

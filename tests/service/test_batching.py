@@ -203,32 +203,6 @@ async def test_priority_levels_serve_the_higher_priority_first(example_repo, tmp
         await dataplane.close()
 
 
-async def test_cancelled_requests_are_dropped_from_the_queue(example_repo, tmp_path):
-    repo = copy_model(example_repo, "digits_mlp", tmp_path)
-    dataplane = await started(repo)
-    try:
-        tasks = [asyncio.create_task(dataplane.infer(digits_request(1, s))) for s in range(10)]
-        await asyncio.sleep(0)  # every request is enqueued
-        for task in tasks[5:]:
-            task.cancel()
-        done = await asyncio.gather(*tasks, return_exceptions=True)
-        assert all(isinstance(d, asyncio.CancelledError) for d in done[5:])
-        stats = dataplane.model_statistics("digits_mlp")["model_stats"][0]
-        assert stats["inference_count"] == 5
-    finally:
-        await dataplane.close()
-
-
-async def test_close_finishes_queued_requests(example_repo, tmp_path):
-    repo = copy_model(example_repo, "digits_mlp", tmp_path)
-    dataplane = await started(repo)
-    tasks = [asyncio.create_task(dataplane.infer(digits_request(1, s))) for s in range(30)]
-    await asyncio.sleep(0)
-    await dataplane.close()
-    results = await asyncio.gather(*tasks)
-    assert len(results) == 30
-
-
 async def test_one_bad_request_fails_alone_and_its_batch_mates_succeed(example_repo, tmp_path):
     repo = copy_model(example_repo, "minilm_embed", tmp_path)
     dataplane = await started(repo)

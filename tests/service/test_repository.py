@@ -15,6 +15,7 @@ from service.errors import NotFound, Unavailable
 from service.settings import Settings
 from service.sources import select_versions
 from service.types import InferRequest
+from tests.helpers import edit_config, wait_until_async
 
 
 def policy(text: str) -> model_config_pb2.ModelVersionPolicy:
@@ -61,8 +62,12 @@ async def test_a_broken_model_is_unavailable_with_its_reason_and_others_serve(re
     (broken / "config.pbtxt").write_text('platform: "onnxruntime_onnx"\nmax_batch_size: 4\n')
     mismatched = repo / "mismatched"
     shutil.copytree(repo / "digits_mlp", mismatched)
-    config = (mismatched / "config.pbtxt").read_text().replace("dims: 64", "dims: 65")
-    (mismatched / "config.pbtxt").write_text(config.replace('"digits_mlp"', '"mismatched"'))
+
+    def wrong_dims(config: model_config_pb2.ModelConfig) -> None:
+        config.name = "mismatched"
+        config.input[0].dims[:] = [65]
+
+    edit_config(mismatched / "config.pbtxt", wrong_dims)
     dataplane = await start(repo)
     try:
         assert not dataplane.ready()
@@ -81,11 +86,15 @@ async def test_a_broken_model_is_unavailable_with_its_reason_and_others_serve(re
 
 
 async def test_config_without_tensors_is_completed_from_the_graph(repo):
-    config = (repo / "cancer_gbt" / "config.pbtxt").read_text()
-    stripped = "\n".join(
-        line for line in config.splitlines() if line.startswith(("name", "platform", "max_batch"))
-    )
-    (repo / "cancer_gbt" / "config.pbtxt").write_text(stripped + "\n")
+
+    def only_name_platform_and_batch(config: model_config_pb2.ModelConfig) -> None:
+        kept = model_config_pb2.ModelConfig(
+            name=config.name, platform=config.platform, max_batch_size=config.max_batch_size
+        )
+        config.CopyFrom(kept)
+
+    stripped = edit_config(repo / "cancer_gbt" / "config.pbtxt", only_name_platform_and_batch)
+    assert not stripped.input and not stripped.output
     dataplane = await start(repo)
     try:
         metadata = dataplane.model_metadata("cancer_gbt")
@@ -112,17 +121,23 @@ async def test_explicit_unload_and_load(repo):
 async def test_reload_under_load_drops_no_request(repo):
     dataplane = await start(repo, model_control_mode="explicit")
     try:
+        answered = [0]
 
         async def client(seed: int) -> int:
             done = 0
             for round_ in range(40):
                 await dataplane.infer(digits(seed * 100 + round_))
                 done += 1
+                answered[0] += 1
             return done
 
         async def reloader() -> None:
-            for _ in range(5):
-                await asyncio.sleep(0.01)
+            """Reload five times while the clients run: after 100, 200, ... answers."""
+            for reload in range(1, 6):
+                await wait_until_async(
+                    lambda: answered[0] >= 100 * reload,  # noqa: B023 - awaited in this pass
+                    what=f"{100 * reload} answers before reload {reload}",
+                )
                 await dataplane.load_model("digits_mlp")
 
         results = await asyncio.gather(*(client(s) for s in range(16)), reloader())
@@ -137,11 +152,13 @@ async def test_poll_mode_picks_up_a_new_version_and_a_removed_model(repo):
         assert dataplane.model_metadata("digits_mlp")["versions"] == ["1"]
         shutil.copytree(repo / "digits_mlp" / "1", repo / "digits_mlp" / "2")
         shutil.rmtree(repo / "cancer_gbt")
-        for _ in range(100):
-            await asyncio.sleep(0.1)
-            versions = dataplane.model_metadata("digits_mlp")["versions"]
-            if versions == ["2"] and not dataplane.model_ready("cancer_gbt"):
-                break
+        await wait_until_async(
+            lambda: (
+                dataplane.model_metadata("digits_mlp")["versions"] == ["2"]
+                and not dataplane.model_ready("cancer_gbt")
+            ),
+            what="the poll to load version 2 and drop cancer_gbt",
+        )
         assert dataplane.model_metadata("digits_mlp")["versions"] == ["2"]
         assert not dataplane.model_ready("cancer_gbt")
         assert (await dataplane.infer(digits())).model_version == "2"

@@ -98,8 +98,8 @@ async def test_a_failing_warmup_leaves_the_model_unavailable_with_the_reason(
     await dataplane.start()
     try:
         (row,) = await dataplane.repository_index()
-        assert row["state"] == "UNAVAILABLE"
-        assert "warmup failed: warmup file sample holds 8 bytes" in row["reason"]
+        assert row.state == "UNAVAILABLE"
+        assert "warmup failed: warmup file sample holds 8 bytes" in row.reason
     finally:
         await dataplane.close()
 

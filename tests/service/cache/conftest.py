@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.redis_server import RedisServer, free_port, redis_server, redis_server_factory
+from tests.redis_server import RedisServer, redis_server, redis_server_factory
 
-__all__ = ["RedisServer", "free_port", "redis_server", "redis_server_factory"]
+__all__ = ["RedisServer", "redis_server", "redis_server_factory"]
 
 
 @pytest.fixture

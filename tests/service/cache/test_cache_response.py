@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -15,27 +17,45 @@ from service.cache.redis_store import RedisStore
 from service.cache.stores import LocalStore, TieredStore
 from service.settings import Settings
 from service.types import InferRequest
-from tests.redis_server import RedisServer
+from tests.helpers import wait_until_async
+from tests.redis_server import SLOW_REDIS_S, RedisServer
+
+T = TypeVar("T")
 
 
 class Model:
-    """A stand-in computation that counts executions and can be slowed down or made to fail."""
+    """A stand-in computation that counts executions, can fail, and with ``gated=True`` answers
+    only once the test calls ``release()``: "still running" is a state, not a duration."""
 
-    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+    def __init__(self, gated: bool = False, fail: bool = False) -> None:
         self.calls = 0
-        self.delay_s = delay_s
         self.fail = fail
+        self._gate = asyncio.Event()
+        if not gated:
+            self._gate.set()
 
     async def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         self.calls += 1
-        await asyncio.sleep(self.delay_s)
+        await self._gate.wait()
         if self.fail:
             raise RuntimeError("model exploded")
         return {"y": (x * 2).astype(np.float32), "label": np.array([b"even"], dtype=np.object_)}
 
+    def release(self) -> None:
+        self._gate.set()
+
+    async def until_called(self) -> None:
+        await wait_until_async(lambda: self.calls, what="the model to be called")
+
 
 def _settings(**kw: object) -> Settings:
-    return Settings(cache_redis_timeout_ms=1000, cache_breaker_reset_s=0.2, **kw)  # type: ignore[arg-type]
+    timeout_ms = SLOW_REDIS_S * 1000
+    return Settings(cache_redis_timeout_ms=timeout_ms, cache_breaker_reset_s=0.2, **kw)  # type: ignore[arg-type]
+
+
+def _start(count: int, run: Callable[[], Awaitable[T]]) -> list[asyncio.Task[T]]:
+    """``count`` callers in one go: each joins the flight (or starts it) in its first step."""
+    return [asyncio.ensure_future(run()) for _ in range(count)]
 
 
 def _key(cache: ResponseCache, x: np.ndarray, version: str = "1") -> str:
@@ -84,7 +104,7 @@ async def test_redis_store_hits_across_replicas(redis_server: RedisServer) -> No
     await b.start()
     model = Model()
     _, hit_a = await _run(a, model)
-    await a.flush()
+    await a.flush(SLOW_REDIS_S)
     out_b, hit_b = await _run(b, model)
     assert (hit_a, hit_b, model.calls) == (False, True, 1)
     np.testing.assert_array_equal(out_b["y"], X * 2)
@@ -101,11 +121,14 @@ async def test_redis_store_hits_across_replicas(redis_server: RedisServer) -> No
 async def test_fifty_concurrent_identical_requests_compute_once(redis_server: RedisServer) -> None:
     cache = ResponseCache(_settings(redis_url=redis_server.url))
     await cache.start()
-    model = Model(delay_s=0.2)  # still "in the batch queue" while the others arrive
+    model = Model(gated=True)  # still "in the batch queue" while the others arrive
     before = REGISTRY.get_sample_value(
         "infergate_cache_coalesced_total", {"model": "m", "version": "1"}
     )
-    results = await asyncio.gather(*(_run(cache, model) for _ in range(50)))
+    tasks = _start(50, lambda: _run(cache, model))
+    await model.until_called()  # after the Redis lookup: every caller joined before it
+    model.release()
+    results = await asyncio.gather(*tasks)
     assert model.calls == 1
     assert sum(not hit for _, hit in results) == 1  # the one that ran; the rest joined it
     for outputs, _ in results:
@@ -120,10 +143,11 @@ async def test_fifty_concurrent_identical_requests_compute_once(redis_server: Re
 
 async def test_errors_reach_every_waiter_and_are_not_cached() -> None:
     cache = ResponseCache(_settings())
-    failing = Model(delay_s=0.05, fail=True)
-    results = await asyncio.gather(
-        *(_run(cache, failing) for _ in range(5)), return_exceptions=True
-    )
+    failing = Model(gated=True, fail=True)
+    tasks = _start(5, lambda: _run(cache, failing))
+    await failing.until_called()
+    failing.release()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
     assert failing.calls == 1
     assert all(isinstance(r, RuntimeError) for r in results)
     healthy = Model()
@@ -133,12 +157,20 @@ async def test_errors_reach_every_waiter_and_are_not_cached() -> None:
 
 async def test_cancelled_first_caller_does_not_strand_followers() -> None:
     cache = ResponseCache(_settings())
-    model = Model(delay_s=0.2)
+    model = Model(gated=True)
     leader = asyncio.create_task(_run(cache, model))
-    await asyncio.sleep(0.02)
-    followers = [asyncio.create_task(_run(cache, model)) for _ in range(3)]
-    await asyncio.sleep(0.02)
+    await model.until_called()
+    joined = [0]
+
+    async def follow() -> tuple[dict[str, np.ndarray], bool]:
+        joined[0] += 1  # the same step goes on to join the flight: no await in between
+        return await _run(cache, model)
+
+    followers = _start(3, follow)
+    await wait_until_async(lambda: joined[0] == 3, what="three followers to join")
     leader.cancel()
+    await asyncio.gather(leader, return_exceptions=True)
+    model.release()
     results = await asyncio.gather(*followers)
     assert leader.cancelled()
     assert model.calls == 1
@@ -151,14 +183,13 @@ async def test_cancelled_first_caller_does_not_strand_followers() -> None:
 
 async def test_work_is_cancelled_when_every_waiter_leaves() -> None:
     cache = ResponseCache(_settings())
-    model = Model(delay_s=5)
-    tasks = [asyncio.create_task(_run(cache, model)) for _ in range(3)]
-    await asyncio.sleep(0.05)
+    model = Model(gated=True)  # never released
+    tasks = _start(3, lambda: _run(cache, model))
+    await model.until_called()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.sleep(0)
-    assert len(cache._coalescer) == 0
+    await wait_until_async(lambda: len(cache._coalescer) == 0, what="the flight to be dropped")
     fresh = Model()
     _, hit = await _run(cache, fresh)
     assert not hit and fresh.calls == 1
@@ -182,7 +213,7 @@ async def test_tiered_store_serves_from_l1(redis_server: RedisServer) -> None:
     await cache.start()
     model = Model()
     await _run(cache, model)
-    await cache.flush()
+    await cache.flush(SLOW_REDIS_S)
     redis_server.kill()
     _, hit = await _run(cache, model)
     assert hit and model.calls == 1
@@ -211,8 +242,11 @@ def test_store_selection() -> None:
 
 async def test_no_store_still_coalesces() -> None:
     cache = ResponseCache(_settings(cache_local_bytes=0))
-    model = Model(delay_s=0.05)
-    results = await asyncio.gather(*(_run(cache, model) for _ in range(10)))
+    model = Model(gated=True)
+    tasks = _start(10, lambda: _run(cache, model))
+    await model.until_called()
+    model.release()
+    results = await asyncio.gather(*tasks)
     assert model.calls == 1 and sum(hit for _, hit in results) == 9
     _, hit = await _run(cache, model)
     assert not hit and model.calls == 2
@@ -220,8 +254,11 @@ async def test_no_store_still_coalesces() -> None:
 
 async def test_gateway_metrics_are_registered() -> None:
     cache = ResponseCache(_settings())
-    model = Model(delay_s=0.05)
-    await asyncio.gather(_run(cache, model), _run(cache, model))
+    model = Model(gated=True)
+    tasks = _start(2, lambda: _run(cache, model))
+    await model.until_called()
+    model.release()
+    await asyncio.gather(*tasks)
     assert REGISTRY.get_sample_value("infergate_cache_bytes") > 0
     coalesced = {"model": "m", "version": "1"}
     assert REGISTRY.get_sample_value("infergate_cache_coalesced_total", coalesced) >= 1

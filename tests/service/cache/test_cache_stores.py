@@ -11,7 +11,8 @@ from prometheus_client import REGISTRY
 from service.cache.breaker import CircuitBreaker
 from service.cache.redis_store import RedisStore, build_client, redact
 from service.cache.stores import LocalStore, TieredStore
-from tests.redis_server import RedisServer
+from tests.helpers import wait_until_async
+from tests.redis_server import SLOW_REDIS_S, RedisServer
 
 
 def test_local_lru_evicts_least_recently_used_by_bytes() -> None:
@@ -39,16 +40,19 @@ def test_local_refuses_values_larger_than_capacity_and_replaces_in_place() -> No
 
 
 async def test_local_ttl_expires() -> None:
-    store = LocalStore(max_bytes=1000)
-    await store.set("k", b"v", ttl_s=0.05)
+    now = [100.0]
+    store = LocalStore(max_bytes=1000, clock=lambda: now[0])
+    store.put("k", b"v", ttl_s=0.05)
     assert await store.get("k") == b"v"
-    await asyncio.sleep(0.1)
+    now[0] += 0.049
+    assert await store.get("k") == b"v"
+    now[0] += 0.001  # exactly the TTL: expired
     assert await store.get("k") is None
     assert store.bytes == 0
 
 
 async def test_redis_set_get_and_ttl_expiry(redis_server: RedisServer) -> None:
-    store = RedisStore(redis_server.url, timeout_s=1.0)
+    store = RedisStore(redis_server.url, timeout_s=SLOW_REDIS_S)
     await store.start()
     assert store.breaker.state == "closed"
     await store.set("t:k", b"\x00value", ttl_s=1.0)
@@ -56,19 +60,22 @@ async def test_redis_set_get_and_ttl_expiry(redis_server: RedisServer) -> None:
     direct = aioredis.from_url(redis_server.url)
     ttl_ms = await direct.pttl("t:k")
     assert 0 < ttl_ms <= 1000
-    await asyncio.sleep(1.3)
+
+    async def expired() -> bool:  # Redis's own clock: wait for it, never sleep a guess
+        return await direct.exists("t:k") == 0
+
+    await wait_until_async(expired, what="Redis to expire t:k")
     assert await store.get("t:k") is None
-    assert await direct.exists("t:k") == 0
     await direct.aclose()
     await store.close()
 
 
 async def test_redis_background_writes_land(redis_server: RedisServer) -> None:
-    store = RedisStore(redis_server.url, timeout_s=1.0)
+    store = RedisStore(redis_server.url, timeout_s=SLOW_REDIS_S)
     await store.start()
     for i in range(20):
         assert store.set_background(f"bg:{i}", bytes([i]) * 10, ttl_s=30)
-    await store.flush(5.0)
+    await store.flush(SLOW_REDIS_S)
     assert store.pending_writes == 0
     direct = aioredis.from_url(redis_server.url)
     assert await direct.mget([f"bg:{i}" for i in range(20)]) == [bytes([i]) * 10 for i in range(20)]
@@ -78,12 +85,12 @@ async def test_redis_background_writes_land(redis_server: RedisServer) -> None:
 
 async def test_redis_password_url(redis_server_factory) -> None:
     server = redis_server_factory(password="s3cret")
-    good = RedisStore(server.url, timeout_s=1.0)
+    good = RedisStore(server.url, timeout_s=SLOW_REDIS_S)
     await good.start()
     await good.set("p", b"1", ttl_s=10)
     assert await good.get("p") == b"1"
     await good.close()
-    wrong = RedisStore(f"redis://:nope@127.0.0.1:{server.port}/0", timeout_s=1.0)
+    wrong = RedisStore(f"redis://:nope@127.0.0.1:{server.port}/0", timeout_s=SLOW_REDIS_S)
     await wrong.start()  # auth failure is logged and the breaker opened, not raised
     assert wrong.breaker.state != "closed"
     assert await wrong.get("p") is None

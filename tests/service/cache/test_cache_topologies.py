@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from redis.asyncio.cluster import RedisCluster
 from service.cache import ResponseCache
 from service.settings import Settings
 from service.types import InferRequest
-from tests.redis_server import REDIS_SERVER, RedisServer, free_cluster_port, free_port
+from tests.helpers import free_port, start_process, wait_until
+from tests.redis_server import REDIS_SERVER, SLOW_REDIS_S, RedisServer, free_cluster_port
 
 pytestmark = pytest.mark.slow
 
@@ -33,33 +33,48 @@ async def _roundtrip(cache: ResponseCache) -> list[bool]:
         outputs, hit = await cache.get_or_compute(key, "m", "1", compute)
         assert outputs["y"].tolist() == [0, 1, 2]
         hits.append(hit)
-        await cache.flush()
+        await cache.flush(SLOW_REDIS_S)
     assert len(calls) == 1
     return hits
 
 
+def _start_sentinel(master_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A sentinel watching ``master_port`` (it cannot bind port 0: a taken port is re-picked)."""
+    port = [free_port()]
+    log = workdir / "sentinel.log"
+
+    def spawn() -> subprocess.Popen[bytes]:
+        conf = workdir / "sentinel.conf"
+        conf.write_text(
+            f"port {port[0]}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"sentinel monitor infer 127.0.0.1 {master_port} 1\n"
+        )
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                [REDIS_SERVER, str(conf), "--sentinel"], stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def knows_master(_: subprocess.Popen[bytes]) -> bool:
+        command = ["redis-cli", "-p", str(port[0]), "sentinel", "get-master-addr-by-name", "infer"]
+        return str(master_port) in subprocess.run(command, capture_output=True, text=True).stdout
+
+    def new_port() -> None:
+        port[0] = free_port()
+
+    process = start_process(
+        spawn,
+        knows_master,
+        lambda: log.read_text(errors="replace"),
+        "the sentinel to know the master",
+        new_ports=new_port,
+    )
+    return process, port[0]
+
+
 @pytest.fixture
 def sentinel(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-        f"sentinel monitor infer 127.0.0.1 {redis_server.port} 1\n"
-    )
-    process = subprocess.Popen(
-        [REDIS_SERVER, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
+    process, port = _start_sentinel(redis_server.port, tmp_path)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            out = subprocess.run(
-                ["redis-cli", "-p", str(port), "sentinel", "get-master-addr-by-name", "infer"],
-                capture_output=True,
-                text=True,
-            ).stdout
-            if str(redis_server.port) in out:
-                break
-            time.sleep(0.05)
         yield port
     finally:
         process.kill()
@@ -68,7 +83,7 @@ def sentinel(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
 
 async def test_sentinel_url_finds_the_master(sentinel: int) -> None:
     url = f"redis+sentinel://127.0.0.1:{sentinel}/infer"
-    cache = ResponseCache(Settings(redis_url=url, cache_redis_timeout_ms=1000))
+    cache = ResponseCache(Settings(redis_url=url, cache_redis_timeout_ms=SLOW_REDIS_S * 1000))
     await cache.start()
     assert await _roundtrip(cache) == [False, True]
     await cache.close()
@@ -78,7 +93,7 @@ async def test_sentinel_url_finds_the_master(sentinel: int) -> None:
 def cluster() -> Iterator[list[RedisServer]]:
     nodes = [
         RedisServer(
-            port=free_cluster_port(),
+            pick_port=free_cluster_port,
             extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
         )
         for _ in range(3)
@@ -94,16 +109,13 @@ def cluster() -> Iterator[list[RedisServer]]:
             capture_output=True,
             timeout=60,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            info = subprocess.run(
-                ["redis-cli", "-p", str(nodes[0].port), "cluster", "info"],
-                capture_output=True,
-                text=True,
-            ).stdout
-            if "cluster_state:ok" in info:
-                break
-            time.sleep(0.1)
+        command = ["redis-cli", "-p", str(nodes[0].port), "cluster", "info"]
+        wait_until(
+            lambda: (
+                "cluster_state:ok" in subprocess.run(command, capture_output=True, text=True).stdout
+            ),
+            what="the cluster to report cluster_state:ok",
+        )
         yield nodes
     finally:
         for node in nodes:
@@ -118,7 +130,7 @@ async def test_cluster_url(cluster: list[RedisServer], style: str) -> None:
         if style == "scheme"
         else f"redis://127.0.0.1:{port}?cluster=true"
     )
-    cache = ResponseCache(Settings(redis_url=url, cache_redis_timeout_ms=2000))
+    cache = ResponseCache(Settings(redis_url=url, cache_redis_timeout_ms=SLOW_REDIS_S * 1000))
     assert isinstance(cache.redis.client, RedisCluster)  # type: ignore[union-attr]
     await cache.start()
     assert await _roundtrip(cache) == [False, True]
