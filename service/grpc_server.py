@@ -224,13 +224,19 @@ async def _unimplemented(context: Any, feature: str) -> None:
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Channel options: message size limits from settings; a port clash fails instead of sharing."""
+    """Channel options: message size limits from settings; a port clash fails instead of sharing;
+    connections idle past the keep-alive time are closed, as REST's are."""
     limit = settings.grpc_max_message_bytes
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0),
+        ("grpc.max_connection_idle_ms", GRPC_IDLE_MS),
     ]
+
+
+#: a gRPC connection with no call for this long is closed (clients reconnect transparently)
+GRPC_IDLE_MS = 300_000
 
 
 def bind_address(host: str, port: int) -> str:
@@ -251,7 +257,9 @@ async def start_grpc_server(
     """
     if settings.grpc_port == 0:
         return None
-    server = grpc.aio.server(options=server_options(settings))
+    server = grpc.aio.server(
+        options=server_options(settings), maximum_concurrent_rpcs=settings.max_connections
+    )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dataplane, settings), server
     )

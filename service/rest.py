@@ -8,6 +8,8 @@ Every error, on every route (known or not), is rendered by :func:`error_response
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING
@@ -25,9 +27,11 @@ from service.errors import (
     InferenceError,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     as_inference_error,
 )
+from service.memory import release_memory
 from service.protojson import message_to_json
 from service.rest_codec import decode_request, decompress, encode_response, parse_json_object
 from service.rest_v1 import decode_predict, encode_predict
@@ -45,6 +49,9 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 _JSON: Headers = [(b"content-type", b"application/json")]
+
+#: bodies larger than this are decoded in a worker thread, not on the event loop
+OFF_LOOP_BYTES = 1 << 20
 
 #: Triton extensions this server does not offer (and does not list in ``/v2``), by route prefix
 UNSUPPORTED = {
@@ -100,10 +107,24 @@ class InferEndpoint:
     def __init__(self, dataplane: DataPlane, fallback: FastAPI) -> None:
         self.dataplane = dataplane
         self.fallback = fallback
-        self.max_body = dataplane.settings.max_request_bytes
-        self.max_elements = dataplane.settings.max_tensor_elements
+        settings = dataplane.settings
+        self.max_body = settings.max_request_bytes
+        self.max_elements = settings.max_tensor_elements
+        self.max_json = settings.max_json_bytes
+        self.max_connections = settings.max_connections
+        self.over_capacity = Overloaded(
+            f"more than {settings.max_connections} connections; retry later",
+            retry_after_s=settings.retry_after_s,
+        )
+        #: open connections, set by the server that runs this app (None: no cap)
+        self.connection_count: Callable[[], int] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        count = self.connection_count
+        if scope["type"] == "http" and count is not None and count() > self.max_connections:
+            status, headers, body = error_response(self.over_capacity)
+            await _send(send, status, [*headers, (b"connection", b"close")], body)
+            return
         if scope["type"] == "http" and scope["method"] == "POST":
             target = _parse_infer_path(str(scope["path"]))
             if target is not None:
@@ -114,30 +135,43 @@ class InferEndpoint:
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str
     ) -> None:
+        headers: dict[bytes, bytes] = dict(scope["headers"])  # type: ignore[call-overload]
+        body = b""
         try:
-            headers: dict[bytes, bytes] = dict(scope["headers"])  # type: ignore[call-overload]
             body = await self._read_body(headers, receive)
             encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
-            if encoding:
-                body = decompress(body, encoding, self.max_body)
+            if encoding:  # inflating runs without the GIL: off the event loop
+                body = await asyncio.to_thread(decompress, body, encoding, self.max_body)
             servable = self.dataplane.model(model, version)
-            request, output_encoding = decode_request(
-                body, _header_length(headers), servable, version, self.max_elements
+            decode = functools.partial(
+                decode_request,
+                body,
+                _header_length(headers),
+                servable,
+                version,
+                self.max_elements,
+                self.max_json,
             )
+            large = len(body) > OFF_LOOP_BYTES
+            request, output_encoding = await asyncio.to_thread(decode) if large else decode()
             request.client_gone = _disconnect_probe(receive)
             response = await self.dataplane.infer(request)
             payload, binary_header = encode_response(response, output_encoding)
         except Exception as exc:  # every failure answers in the v2 shape, never a bare 500
             await _send(send, *error_response(as_http_error(exc)))
-            return
-        if binary_header is None:
-            await _send(send, 200, _JSON, payload)
-            return
-        binary_headers = [
-            (b"content-type", b"application/octet-stream"),
-            (b"inference-header-content-length", str(binary_header).encode()),
-        ]
-        await _send(send, 200, binary_headers, payload)
+        else:
+            if binary_header is None:
+                await _send(send, 200, _JSON, payload)
+            else:
+                length = str(binary_header).encode()
+                binary_headers = [
+                    (b"content-type", b"application/octet-stream"),
+                    (b"inference-header-content-length", length),
+                ]
+                await _send(send, 200, binary_headers, payload)
+        if len(body) > OFF_LOOP_BYTES:
+            # Once this request's buffers are freed (after return), give their pages to the OS.
+            asyncio.get_running_loop().run_in_executor(None, release_memory)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         declared = headers.get(b"content-length")

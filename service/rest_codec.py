@@ -63,10 +63,11 @@ def decode_request(
     model: ModelVersion,
     model_version: str,
     max_elements: int,
+    max_json_bytes: int = 1 << 62,
 ) -> tuple[InferRequest, OutputEncoding]:
     """Parse a v2 infer body for ``model`` (each input's datatype and shape are checked against
     its config before the data is decoded). Returns the request and the output encoding."""
-    header, blob = _split_body(body, header_length)
+    header, blob = _split_body(body, header_length, max_json_bytes)
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("request needs a non-empty 'inputs' list")
@@ -83,7 +84,9 @@ def decode_request(
     return request, encoding
 
 
-def _split_body(body: bytes, header_length: int | None) -> tuple[JsonObject, memoryview]:
+def _split_body(
+    body: bytes, header_length: int | None, max_json_bytes: int
+) -> tuple[JsonObject, memoryview]:
     """The JSON header (an object) and the binary tensor data after it."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
@@ -94,6 +97,11 @@ def _split_body(body: bytes, header_length: int | None) -> tuple[JsonObject, mem
         header_bytes, blob = body[:header_length], memoryview(body)[header_length:]
     else:
         header_bytes, blob = body, memoryview(b"")
+    if len(header_bytes) > max_json_bytes:
+        raise PayloadTooLarge(
+            f"JSON request of {len(header_bytes)} bytes exceeds {max_json_bytes}; send large "
+            "tensors as binary data (Inference-Header-Content-Length)"
+        )
     return parse_json_object(header_bytes), blob
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from service.dataplane import DataPlane
+from service.http_protocol import with_read_timeout
 from service.rest import build_app
 from service.settings import Settings
 
@@ -88,12 +89,14 @@ async def serve(settings: Settings) -> None:
             grpc_server, grpc_port = started
             log.info("gRPC listening on %s:%d", settings.host, grpc_port)
     http_socket = bind_http_socket(settings.host, settings.http_port)
+    app = build_app(dataplane)
     config = uvicorn.Config(
-        build_app(dataplane),
+        app,
         host=settings.host,
         port=settings.http_port,
         loop="none",
-        http="httptools",
+        http=with_read_timeout(settings.http_read_timeout_s),
+        timeout_graceful_shutdown=settings.exit_timeout_s,
         lifespan="off",
         access_log=False,
         log_level=settings.log_level,
@@ -105,6 +108,7 @@ async def serve(settings: Settings) -> None:
         server_header=False,
     )
     server = _Server(config)
+    app.connection_count = lambda: len(server.server_state.connections)
     # Long-lived objects (sessions, configs, modules) need no scanning, and a request allocates
     # many short-lived ones: fewer, cheaper collections keep p99 flat under load.
     gc.collect()
@@ -121,7 +125,7 @@ async def serve(settings: Settings) -> None:
         await server.serve(sockets=[http_socket])
     finally:
         if grpc_server is not None:
-            await grpc_server.stop(grace=5)
+            await grpc_server.stop(grace=settings.exit_timeout_s)
         await dataplane.close()
         log.info("stopped")
 

@@ -104,6 +104,22 @@ class Settings(BaseSettings):
     grpc_max_message_bytes: int = Field(
         default=64 * 1024 * 1024, description="largest gRPC message received or sent"
     )
+    max_json_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        description="largest JSON request header (413 above: send big tensors as binary data)",
+    )
+    http_read_timeout_s: float = Field(
+        default=10.0,
+        description="a request's headers and body must arrive within this (408 and close after)",
+    )
+    max_connections: int = Field(
+        default=4096,
+        description="HTTP connections (and gRPC calls in flight) served; beyond: fast 503",
+    )
+    exit_timeout_s: int = Field(
+        default=30,
+        description="on SIGTERM, how long in-flight requests may take before the process exits",
+    )
     retry_after_s: int = Field(
         default=1, description="Retry-After seconds sent with a 503 when queues are full"
     )
