@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,6 +220,20 @@ def pack() -> list[Path]:
     return sorted(parts.iterdir())
 
 
+def _quiet_stdout(work: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Run ``work`` with fd 1 pointing at stderr, so what its subprocesses print (pip, convert
+    tables) cannot precede the JSON report on stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        return work()
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("plan", "dry-run", "pack"))
@@ -226,7 +241,7 @@ def main() -> int:
     if action == "plan":
         print(json.dumps(plan(), indent=2))
     elif action == "dry-run":
-        result = dry_run()
+        result = _quiet_stdout(dry_run)
         print(json.dumps(result, indent=2))
         return 0 if result["ok"] else 1
     else:
