@@ -25,6 +25,7 @@ from converters.parity import (
 from converters.progress import QUIET, Reporter
 from converters.publish import plan_version, publish
 from converters.signature import default_pad_inputs, graph_inputs, graph_outputs
+from converters.tokenizer import TOKENIZER_FILE, TokenizerSpec
 from converters.triton_config import ConfigOptions, build_config
 
 
@@ -58,6 +59,7 @@ class PublishOptions:
     samples_path: Path | None = None
     n_samples: int = 8
     version_policy: str = "all"
+    tokenizer: TokenizerSpec | None = None  # published beside the model: it then takes text
 
 
 def check_graph(model: onnx.ModelProto, what: str = "exported graph") -> onnx.ModelProto:
@@ -82,6 +84,8 @@ def convert(
     pad = default_pad_inputs(inputs) if options.pad_inputs is None else options.pad_inputs
     config_options = replace(options.config, pad_inputs=list(pad))
     build_config(options.name, inputs, graph_outputs(original), config_options)  # fail fast
+    if options.tokenizer is not None:
+        options.tokenizer.check([spec.name for spec in inputs])
 
     final = original
     precision = "fp32"
@@ -136,6 +140,9 @@ def convert(
     config = build_config(options.name, graph_inputs(final), graph_outputs(final), config_options)
     data = final.SerializeToString()
     files = {"model.onnx": data, "parity.json": json.dumps(report, indent=2).encode() + b"\n"}
+    if options.tokenizer is not None:
+        options.tokenizer.apply(config)
+        files[TOKENIZER_FILE] = options.tokenizer.json_text.encode()
     with reporter.step(f"publishing {options.name} version {version}"):
         version, version_dir = publish(
             options.repo, options.name, version, config, files, options.version_policy

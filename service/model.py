@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2
 
 from service.protocol.datatypes import CONFIG_TO_V2, V2_TO_NUMPY
 from service.stats import ModelStats
+from service.tokenize import PAD_ID_PARAMETER
 from service.types import JsonObject
 
 if TYPE_CHECKING:
@@ -18,8 +19,11 @@ if TYPE_CHECKING:
 
     from service.backends.base import Backend
     from service.batching import DynamicBatcher
+    from service.tokenize import TextTokenizer
 
 PAD_INPUTS_PARAMETER = "infergate.pad_inputs"
+#: padded tokens (rows x longest sequence) one batch may hold, like TEI's max_batch_tokens
+MAX_BATCH_TOKENS_PARAMETER = "infergate.max_batch_tokens"
 
 
 class ModelState(StrEnum):
@@ -61,17 +65,21 @@ def tensor_specs(
 @dataclass(slots=True)
 class ModelVersion:
     """A servable (model, version): config, tensor specs, the backend that runs it, its batcher
-    (set by the data plane when the version is attached) and its statistics."""
+    (set by the data plane when the version is attached), its statistics and, for a model that
+    takes text, its tokenizer."""
 
     name: str
     version: str
     config: model_config_pb2.ModelConfig
     backend: Backend
+    tokenizer: TextTokenizer | None = None
     inputs: dict[str, TensorSpec] = field(init=False)
     outputs: dict[str, TensorSpec] = field(init=False)
     output_names: list[str] = field(init=False)
     max_batch_size: int = field(init=False)
     pad_inputs: frozenset[str] = field(init=False)
+    pad_values: dict[str, int] = field(init=False)  # inputs padded with other than 0
+    max_batch_tokens: int = field(init=False)  # 0 = batches limited by rows only
     stats: ModelStats = field(init=False)
     scheduler: DynamicBatcher = field(init=False)
 
@@ -83,6 +91,9 @@ class ModelVersion:
         parameter = self.config.parameters.get(PAD_INPUTS_PARAMETER)
         names = parameter.string_value.split(",") if parameter is not None else []
         self.pad_inputs = frozenset(n.strip() for n in names if n.strip() in self.inputs)
+        pad_id = _int_parameter(self.config, PAD_ID_PARAMETER)
+        self.pad_values = {"input_ids": pad_id} if pad_id and "input_ids" in self.pad_inputs else {}
+        self.max_batch_tokens = _int_parameter(self.config, MAX_BATCH_TOKENS_PARAMETER)
         self.stats = ModelStats(self.name, self.version)
 
     @property
@@ -98,3 +109,14 @@ class ModelVersion:
             "inputs": [spec.metadata(self.batches) for spec in self.inputs.values()],
             "outputs": [spec.metadata(self.batches) for spec in self.outputs.values()],
         }
+
+
+def _int_parameter(config: model_config_pb2.ModelConfig, key: str) -> int:
+    """A non-negative integer config parameter; 0 when absent, ValueError when malformed."""
+    parameter = config.parameters.get(key)
+    raw = parameter.string_value.strip() if parameter is not None else ""
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise ValueError(f"config parameter {key} must be a non-negative integer, not {raw!r}")
+    return int(raw)

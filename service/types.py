@@ -42,3 +42,25 @@ class InferResponse:
     outputs: Tensors  # in the order the client asked for (or the model's order)
     id: str = ""
     parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ItemsRequest:
+    """Independent inputs for a model with a tokenizer (``/v1/embeddings``): texts, or token
+    arrays of the model's own vocabulary."""
+
+    model_name: str
+    model_version: str
+    items: list[str] | list[list[int]]
+    truncate: bool = True  # cut inputs longer than the model's max length (False: reject them)
+    outputs: list[str] | None = None
+    use_cache: bool = True
+    client_gone: Callable[[], bool] | None = None
+
+
+@dataclass(slots=True)
+class ItemsResponse:
+    model_name: str
+    model_version: str
+    outputs: Tensors  # one row per item, in order
+    token_count: int  # tokens the model saw, summed over items (usage)

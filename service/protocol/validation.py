@@ -6,6 +6,7 @@ execution and gets the same message over REST, gRPC and v1.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,12 +23,14 @@ class Admitted:
     rows: int  # batch rows the request carries (1 for a model that does not batch)
     signature: tuple[object, ...]  # requests with equal signatures may share a batch
     output_names: list[str]  # the outputs to return, in order
+    tokens: int = 0  # sequence length each row takes once padded (0: the model pads nothing)
 
 
 def validate(model: ModelVersion, request: InferRequest, max_elements: int) -> Admitted:
     """Check ``request`` against ``model``; raise ``BadRequest`` naming the first problem."""
     _check_names(model, request)
     rows = 1
+    tokens = 0
     signature: list[object] = []
     for index, (name, spec) in enumerate(model.inputs.items()):
         array = request.inputs[name]
@@ -39,8 +42,12 @@ def validate(model: ModelVersion, request: InferRequest, max_elements: int) -> A
                 raise BadRequest(
                     f"input '{name}' has batch size {array.shape[0]} but other inputs have {rows}"
                 )
-        signature.append(array.ndim if name in model.pad_inputs else array.shape[1:])
-    return Admitted(rows, tuple(signature), output_names(model, request.outputs))
+        if name in model.pad_inputs:
+            signature.append(array.ndim)
+            tokens = max(tokens, math.prod(array.shape[1:]))
+        else:
+            signature.append(array.shape[1:])
+    return Admitted(rows, tuple(signature), output_names(model, request.outputs), tokens)
 
 
 def output_names(model: ModelVersion, requested: list[str] | None) -> list[str]:
