@@ -30,6 +30,8 @@ from converters.cli_common import (
     Repo,
     Rtol,
     Samples,
+    TokenizerMaxLength,
+    TokenizerPath,
     Version,
     guard,
     out,
@@ -74,6 +76,8 @@ def pytorch(
     min_cosine: MinCos = None,
     embedding_output: Embedding = None,
     version_policy: Policy = "all",
+    tokenizer: TokenizerPath = None,
+    tokenizer_max_length: TokenizerMaxLength = None,
 ) -> None:
     """Export a PyTorch nn.Module (dynamo exporter, legacy fallback) and publish it."""
     args = dict(locals())
@@ -203,6 +207,8 @@ def onnx_command(
     min_cosine: MinCos = None,
     embedding_output: Embedding = None,
     version_policy: Policy = "all",
+    tokenizer: TokenizerPath = None,
+    tokenizer_max_length: TokenizerMaxLength = None,
 ) -> None:
     """Check (onnx.checker + shape inference), optionally transform, and publish an ONNX file."""
     args = dict(locals())

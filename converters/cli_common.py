@@ -39,6 +39,16 @@ MinCos = Annotated[float | None, typer.Option("--min-cosine", help="Row-wise cos
 Embedding = Annotated[list[str] | None, typer.Option("--embedding-output", help="Judge by cosine.")]
 Policy = Annotated[str, typer.Option("--version-policy", help="all | latest | keep.")]
 InNames = Annotated[list[str] | None, typer.Option("--input-name", help="Rename inputs, in order.")]
+TokenizerPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--tokenizer", help="tokenizer.json or a Hugging Face folder: the model then takes text."
+    ),
+]
+TokenizerMaxLength = Annotated[
+    int | None,
+    typer.Option("--tokenizer-max-length", help="Tokens per text (default: model_max_length)."),
+]
 OutNames = Annotated[
     list[str] | None, typer.Option("--output-name", help="Rename outputs, in order.")
 ]
@@ -103,6 +113,11 @@ def publish_options(args: dict[str, Any]) -> Any:
         response_cache=args.get("response_cache", False),
     )
     pad = args.get("pad_inputs")
+    tokenizer = None
+    if args.get("tokenizer") is not None:
+        from converters.tokenizer import TokenizerSpec
+
+        tokenizer = TokenizerSpec.from_path(args["tokenizer"], args.get("tokenizer_max_length"))
     return PublishOptions(
         repo=args["repo"],
         name=args["name"],
@@ -115,6 +130,7 @@ def publish_options(args: dict[str, Any]) -> Any:
         tolerances=tolerances,
         samples_path=args.get("samples"),
         version_policy=args.get("version_policy", "all"),
+        tokenizer=tokenizer,
     )
 
 

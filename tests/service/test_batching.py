@@ -14,8 +14,8 @@ from tritonclient.grpc import model_config_pb2
 
 from service.dataplane import DataPlane
 from service.errors import BadRequest, Overloaded, Timeout
-from service.sources import parse_config
 from service.settings import Settings
+from service.sources import parse_config
 from service.types import InferRequest
 
 
