@@ -4,14 +4,12 @@ per-text caching and the loading rules (real tokenizers, real ONNX Runtime sessi
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from google.protobuf import text_format
 from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
@@ -21,6 +19,7 @@ from service.settings import Settings
 from service.sources import parse_config
 from service.tokenize import TextTokenizer, TokenizerOptions
 from service.types import InferRequest
+from tests.service.test_batching import copy_model
 
 MODEL = "minilm_embed"
 TEXTS = [
@@ -32,12 +31,7 @@ TEXTS = [
 
 
 def minilm_copy(example_repo: Path, target: Path, edit=None) -> Path:
-    shutil.copytree(example_repo / MODEL, target / MODEL)
-    if edit is not None:
-        config = parse_config(target / MODEL / "config.pbtxt")
-        edit(config)
-        (target / MODEL / "config.pbtxt").write_text(text_format.MessageToString(config))
-    return target
+    return copy_model(example_repo, MODEL, target, edit)
 
 
 def hf_tokenizer():
