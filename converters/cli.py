@@ -19,6 +19,8 @@ from converters.cli_flags import (
     RenameFlags,
     Repo,
     TargetFlags,
+    TokenizerMaxLength,
+    TokenizerPath,
     export_command,
 )
 
@@ -43,11 +45,21 @@ def _finish(result: dict[str, Any]) -> None:
     out.print(f"wrote {result['path']}", markup=False)
 
 
-def _publish(export: Callable[[Reporter], Exported], target: TargetFlags, onnx: OnnxFlags) -> None:
+def _publish(
+    export: Callable[[Reporter], Exported],
+    target: TargetFlags,
+    onnx: OnnxFlags,
+    tokenizer: Path | None = None,
+    tokenizer_max_length: int | None = None,
+) -> None:
     """Options are checked before the (slow) export; then export, prove parity, publish."""
     from converters.pipeline import convert
 
     options = onnx.publish_options(target)
+    if tokenizer is not None:
+        from converters.tokenizer import TokenizerSpec
+
+        options.tokenizer = TokenizerSpec.from_path(tokenizer, tokenizer_max_length)
     progress = reporter()
     exported = export(progress)
     if onnx.embedding_output:
@@ -65,6 +77,8 @@ def pytorch(
     output: Annotated[list[str] | None, typer.Option("--output", help="Output names.")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="state_dict file.")] = None,
     legacy: Annotated[bool, typer.Option("--legacy", help="Skip the dynamo exporter.")] = False,
+    tokenizer: TokenizerPath = None,
+    tokenizer_max_length: TokenizerMaxLength = None,
 ) -> None:
     """Export a PyTorch nn.Module (dynamo exporter, legacy fallback) and publish it."""
     from converters.pytorch import InputSpec, export_pytorch, load_module
@@ -76,7 +90,7 @@ def pytorch(
             module = load_module(model, weights)
         return export_pytorch(module, specs, output or [], dynamo=not legacy, reporter=progress)
 
-    _publish(export, target, onnx)
+    _publish(export, target, onnx, tokenizer, tokenizer_max_length)
 
 
 @app.command()
@@ -117,7 +131,14 @@ def keras(model: KerasFile, target: TargetFlags, onnx: OnnxFlags, names: RenameF
 
 @app.command("onnx")
 @export_command()
-def onnx_command(model: OnnxFile, target: TargetFlags, onnx: OnnxFlags, names: RenameFlags) -> None:
+def onnx_command(
+    model: OnnxFile,
+    target: TargetFlags,
+    onnx: OnnxFlags,
+    names: RenameFlags,
+    tokenizer: TokenizerPath = None,
+    tokenizer_max_length: TokenizerMaxLength = None,
+) -> None:
     """Check (onnx.checker + shape inference), optionally transform, and publish an ONNX file."""
     from converters.onnx_model import import_onnx
 
@@ -128,7 +149,7 @@ def onnx_command(model: OnnxFile, target: TargetFlags, onnx: OnnxFlags, names: R
                 model, input_names=names.input_name, output_names=names.output_name, batched=batched
             )
 
-    _publish(export, target, onnx)
+    _publish(export, target, onnx, tokenizer, tokenizer_max_length)
 
 
 @app.command()

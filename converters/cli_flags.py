@@ -53,6 +53,16 @@ InNames = Annotated[list[str] | None, typer.Option("--input-name", help="Rename 
 OutNames = Annotated[
     list[str] | None, typer.Option("--output-name", help="Rename outputs, in order.")
 ]
+TokenizerPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--tokenizer", help="tokenizer.json or a Hugging Face folder: the model then takes text."
+    ),
+]
+TokenizerMaxLength = Annotated[
+    int | None,
+    typer.Option("--tokenizer-max-length", help="Tokens per text (default: model_max_length)."),
+]
 
 
 def parse_gpus(text: str | None) -> list[int]:

@@ -202,6 +202,17 @@ def minilm_embedder() -> tuple[Any, Any]:
     return MeanPooledEmbedder().eval(), AutoTokenizer.from_pretrained(path)
 
 
+def minilm_tokenizer_spec() -> Any:
+    """The package's tokenizer.json, cut at sentence-transformers' max_seq_length (256)."""
+    import json
+
+    from converters.tokenizer import TokenizerSpec
+
+    path = minilm_dir()
+    settings = json.loads((path / "sentence_bert_config.json").read_text())
+    return TokenizerSpec.from_path(path, max_length=int(settings["max_seq_length"]))
+
+
 def tokenize(tokenizer: Any, sentences: list[str]) -> dict[str, np.ndarray]:
     enc = tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="np")
     return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}

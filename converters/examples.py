@@ -21,7 +21,8 @@ from converters.options import PublishOptions
 from converters.pipeline import Exported, convert
 from converters.progress import QUIET, Reporter
 from converters.publish import swap_in
-from converters.triton_config import ConfigOptions, read_config
+from converters.tokenizer import TOKENIZER_FILE
+from converters.triton_config import ConfigOptions, read_config, render
 
 # name -> versions that a complete build has
 EXAMPLES: dict[str, list[int]] = {
@@ -119,13 +120,31 @@ def _build_minilm(repo: Path, name: str, reporter: Reporter) -> list[dict[str, A
         max_batch_size=32, max_queue_delay_us=2000, instances=1, response_cache=True
     )
     base_notes = list(exported.notes)
-    rows = [convert(exported, PublishOptions(repo, name, config=config), reporter)]
+    tokenizer = em.minilm_tokenizer_spec()
+    rows = [
+        convert(exported, PublishOptions(repo, name, config=config, tokenizer=tokenizer), reporter)
+    ]
     exported.notes = [*base_notes, "int8 per-channel dynamic quantisation of the version 1 graph"]
     exported.export_seconds = 0.0  # v2 reuses the v1 export: its time is the quantisation
-    rows.append(
-        convert(exported, PublishOptions(repo, name, config=config, quantize=True), reporter)
-    )
+    quantized = PublishOptions(repo, name, config=config, quantize=True, tokenizer=tokenizer)
+    rows.append(convert(exported, quantized, reporter))
     return rows
+
+
+def _add_minilm_tokenizer(model_dir: Path) -> None:
+    """A MiniLM built before tokenizers were published gets one in place, without a rebuild."""
+    from converters import example_models as em
+
+    if all((model_dir / str(v) / TOKENIZER_FILE).is_file() for v in EXAMPLES["minilm_embed"]):
+        return
+    spec = em.minilm_tokenizer_spec()
+    config = read_config(model_dir / "config.pbtxt")
+    spec.apply(config)
+    staged = model_dir / ".config.pbtxt.new"
+    staged.write_text(render(config))
+    staged.replace(model_dir / "config.pbtxt")  # parameters first: the files mark it done
+    for version in EXAMPLES["minilm_embed"]:
+        (model_dir / str(version) / TOKENIZER_FILE).write_text(spec.json_text)
 
 
 BUILDERS: dict[str, Callable[[Path, str, Reporter], list[dict[str, Any]]]] = {
@@ -187,6 +206,8 @@ def build_examples(
     rows: list[dict[str, Any]] = []
     for name in names:
         if not force and is_complete(repo, name):
+            if name == "minilm_embed":
+                _add_minilm_tokenizer(repo / name)
             reporter.info(f"{name}: complete in {repo}, skipped (use --force to rebuild)")
             rows.extend(_existing_rows(repo, name))
             continue

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.parity import Tolerances
+from converters.tokenizer import TokenizerSpec
 from converters.triton_config import ConfigOptions
 
 
@@ -25,3 +26,4 @@ class PublishOptions:
     samples_path: Path | None = None
     n_samples: int = 8
     version_policy: str = "all"
+    tokenizer: TokenizerSpec | None = None  # published beside the model: it then takes text

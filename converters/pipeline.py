@@ -16,6 +16,7 @@ from converters.progress import QUIET, Reporter
 from converters.publish import check_target
 from converters.release import Candidate, prove_and_publish
 from converters.signature import default_pad_inputs, graph_inputs, graph_outputs, index_limits
+from converters.tokenizer import TOKENIZER_FILE
 from converters.triton_config import build_config
 
 __all__ = ["Exported", "PublishOptions", "check_graph", "convert"]
@@ -86,6 +87,8 @@ def convert(
     pad = default_pad_inputs(inputs) if options.pad_inputs is None else options.pad_inputs
     config_options = replace(options.config, pad_inputs=list(pad))
     config = build_config(options.name, inputs, graph_outputs(original), config_options)
+    if options.tokenizer is not None:
+        options.tokenizer.check([spec.name for spec in inputs])
     version, warnings = check_target(options.repo, options.name, options.version, config)
     for warning in warnings:
         reporter.note(warning)
@@ -108,4 +111,7 @@ def convert(
         export_seconds=exported.export_seconds + time.perf_counter() - start,
     )
     config = build_config(options.name, graph_inputs(final), graph_outputs(final), config_options)
+    if options.tokenizer is not None:
+        options.tokenizer.apply(config)
+        candidate.extra_files[TOKENIZER_FILE] = options.tokenizer.json_text.encode()
     return prove_and_publish(candidate, options, version, config, reporter)

@@ -37,6 +37,7 @@ class Candidate:
     precision: str
     notes: list[str] = field(default_factory=list)
     export_seconds: float = 0.0  # export and transforms (parity and publishing not included)
+    extra_files: dict[str, bytes] = field(default_factory=dict)  # published beside the model
 
 
 def _parity_report(
@@ -91,6 +92,7 @@ def prove_and_publish(
     files = {
         candidate.model_file: candidate.data,
         "parity.json": json.dumps(report, indent=2).encode() + b"\n",
+        **candidate.extra_files,
     }
     with reporter.step(f"publishing {options.name} version {version}"):
         version, version_dir = publish(

@@ -5,6 +5,10 @@ has a free slot: up to ``max_batch_size`` rows, a preferred batch size, or once 
 has waited ``max_queue_delay_microseconds``. An idle backend gets work at once, so batching costs
 no latency when there is nothing to batch with. Only requests with identical non-batch shapes share
 a batch, except inputs the config marks paddable, which are zero-padded to the longest.
+
+With ``infergate.max_batch_tokens`` set, a batch also stays within that many padded tokens (rows x
+longest sequence): after the oldest request come the queued ones of the nearest lengths, so
+short texts do not pay for a long one's padding.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Pending:
     enqueued_ns: int
     deadline_ns: int  # 0 = no deadline
     client_gone: Callable[[], bool] | None = None
+    tokens: int = 0  # padded sequence length of each row (token budget; 0 = not counted)
 
 
 @dataclass(slots=True)
@@ -73,6 +78,7 @@ class DynamicBatcher:
         preferred = [size for size in config.preferred_batch_size if 0 < size <= self.max_rows]
         self.target_rows = max(preferred) if preferred else self.max_rows
         self.delay_ns = config.max_queue_delay_microseconds * 1000 if batching else 0
+        self.max_tokens = model.max_batch_tokens if batching else 0
         levels = max(config.priority_levels, 1)
         self.default_level = config.default_priority_level or levels
         self.policies = [
@@ -84,6 +90,7 @@ class DynamicBatcher:
         self.queues: list[deque[Pending]] = [deque() for _ in range(levels)]
         self.queued = 0
         self.queued_rows = 0
+        self.queued_tokens = 0
         self.slots = max(model.backend.concurrency, 1)
         self.in_flight = 0  # batches running
         self.running_requests = 0
@@ -103,8 +110,10 @@ class DynamicBatcher:
         priority: int = 0,
         timeout_us: int = 0,
         client_gone: Callable[[], bool] | None = None,
+        tokens: int = 0,
     ) -> asyncio.Future[Outputs]:
-        """Enqueue a validated request; the future resolves to its own rows of the outputs."""
+        """Enqueue a validated request; the future resolves to its own rows of the outputs.
+        ``tokens``: the padded sequence length of its rows, counted against the token budget."""
         if self.closed:
             raise Unavailable(
                 f"model '{self.model.name}' version {self.model.version} is unloading"
@@ -124,9 +133,10 @@ class DynamicBatcher:
         now = time.perf_counter_ns()
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         deadline = now + timeout * 1000 if timeout else 0
-        queue.append(Pending(inputs, rows, signature, future, now, deadline, client_gone))
+        queue.append(Pending(inputs, rows, signature, future, now, deadline, client_gone, tokens))
         self.queued += 1
         self.queued_rows += rows
+        self.queued_tokens += rows * tokens
         self.stats.metrics.queue_depth.set(self.queued)
         if not self._wakeup.is_set():
             self._wakeup.set()
@@ -165,7 +175,9 @@ class DynamicBatcher:
         """The backend is busy: let the batch fill up to the target or the oldest's deadline."""
         oldest = min(queue[0].enqueued_ns for queue in self.queues if queue)
         deadline = oldest + self.delay_ns
-        while self.queued_rows < self.target_rows:
+        while self.queued_rows < self.target_rows and not (
+            self.max_tokens and self.queued_tokens >= self.max_tokens
+        ):
             remaining = deadline - time.perf_counter_ns()
             if remaining <= 0:
                 return
@@ -177,6 +189,8 @@ class DynamicBatcher:
 
     def _take(self) -> list[Pending]:
         """Pop the oldest live request of the highest priority and every compatible one after it."""
+        if self.max_tokens and self.max_rows:
+            return self._take_by_tokens()
         now = time.perf_counter_ns()
         batch: list[Pending] = []
         rows = 0
@@ -185,19 +199,7 @@ class DynamicBatcher:
             skipped: list[Pending] = []
             while queue:
                 pending = queue.popleft()
-                if pending.future.done() or (pending.client_gone and pending.client_gone()):
-                    # the client hung up (or its task was cancelled): run nothing for it
-                    self._dequeued(pending)
-                    self.stats.metrics.rejected("cancelled")
-                    if not pending.future.done():
-                        pending.future.set_exception(
-                            BadRequest("client disconnected before its request ran")
-                        )
-                    continue
-                if pending.deadline_ns and now > pending.deadline_ns:
-                    self._dequeued(pending)
-                    self.stats.metrics.rejected("timeout")
-                    pending.future.set_exception(Timeout("request timed out in the queue"))
+                if not self._live(pending, now):
                     continue
                 if signature is None:
                     signature = pending.signature
@@ -217,9 +219,61 @@ class DynamicBatcher:
         self.stats.metrics.queue_depth.set(self.queued)
         return batch
 
+    def _take_by_tokens(self) -> list[Pending]:
+        """The oldest live request of the highest priority, then compatible ones of the nearest
+        lengths while the rows fit ``max_rows`` and the padded tokens fit ``max_tokens``."""
+        now = time.perf_counter_ns()
+        batch: list[Pending] = []
+        for queue in self.queues:
+            live = [pending for pending in queue if self._live(pending, now)]
+            queue.clear()
+            if not live:
+                continue
+            first = live[0]
+            rows, longest = first.rows, first.tokens
+            batch.append(first)
+            nearest = sorted(
+                (p for p in live[1:] if p.signature == first.signature),
+                key=lambda p: abs(p.tokens - first.tokens),
+            )
+            for pending in nearest:
+                widest = max(longest, pending.tokens)
+                if rows + pending.rows > self.max_rows:
+                    continue
+                if (rows + pending.rows) * widest > self.max_tokens:
+                    continue
+                batch.append(pending)
+                rows, longest = rows + pending.rows, widest
+            chosen = {id(pending) for pending in batch}
+            queue.extend(pending for pending in live if id(pending) not in chosen)
+            break
+        for pending in batch:
+            self._dequeued(pending)
+        self.stats.metrics.queue_depth.set(self.queued)
+        return batch
+
+    def _live(self, pending: Pending, now: int) -> bool:
+        """False (after failing its future and dequeuing it) for a request that must not run."""
+        if pending.future.done() or (pending.client_gone and pending.client_gone()):
+            # the client hung up (or its task was cancelled): run nothing for it
+            self._dequeued(pending)
+            self.stats.metrics.rejected("cancelled")
+            if not pending.future.done():
+                pending.future.set_exception(
+                    BadRequest("client disconnected before its request ran")
+                )
+            return False
+        if pending.deadline_ns and now > pending.deadline_ns:
+            self._dequeued(pending)
+            self.stats.metrics.rejected("timeout")
+            pending.future.set_exception(Timeout("request timed out in the queue"))
+            return False
+        return True
+
     def _dequeued(self, pending: Pending) -> None:
         self.queued -= 1
         self.queued_rows -= pending.rows
+        self.queued_tokens -= pending.rows * pending.tokens
 
     async def _execute(self, batch: list[Pending]) -> None:
         try:
@@ -273,7 +327,7 @@ class DynamicBatcher:
         for name in batch[0].inputs:
             arrays = [pending.inputs[name] for pending in batch]
             if name in self.model.pad_inputs:
-                arrays = _pad_to_longest(arrays)
+                arrays = _pad_to_longest(arrays, self.model.pad_values.get(name, 0))
             merged[name] = np.concatenate(arrays, axis=0)
         return merged
 
@@ -298,8 +352,9 @@ class DynamicBatcher:
             offset = end
 
 
-def _pad_to_longest(arrays: list[Array]) -> list[Array]:
-    """Zero-pad every non-batch axis to the longest in the batch (token ids, attention masks)."""
+def _pad_to_longest(arrays: list[Array], value: int = 0) -> list[Array]:
+    """Pad every non-batch axis to the longest in the batch with ``value`` (token ids with the
+    tokenizer's pad id, attention masks with 0)."""
     longest = tuple(max(sizes) for sizes in zip(*(a.shape[1:] for a in arrays)))
     padded = []
     for array in arrays:
@@ -307,5 +362,5 @@ def _pad_to_longest(arrays: list[Array]) -> list[Array]:
             padded.append(array)
             continue
         widths = [(0, 0)] + [(0, want - have) for have, want in zip(array.shape[1:], longest)]
-        padded.append(np.pad(array, widths))
+        padded.append(np.pad(array, widths, constant_values=value))
     return padded

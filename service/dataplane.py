@@ -2,11 +2,13 @@
 
 It resolves the model version, has the request validated (``service.protocol.validation``),
 consults the response cache, hands the request to the model's batcher and records statistics.
-Front ends only decode and encode.
+Front ends only decode and encode. Text (a model's text input over v2, or /v1/embeddings) is
+tokenized here and each item then takes that same path alone (``service.protocol.text``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from tritonclient.grpc import model_config_pb2
@@ -17,11 +19,27 @@ from service.cache import ResponseCache
 from service.errors import BadRequest, InferenceError, NotFound
 from service.metrics import render as render_metrics
 from service.model import ModelVersion
+from service.protocol.text import (
+    check_limits,
+    is_text_request,
+    item_request,
+    request_texts,
+    stack_rows,
+    tokenizer_of,
+)
 from service.protocol.validation import Admitted, validate
 from service.repository import IndexRow, ModelRepository
 from service.settings import Settings
 from service.sources import make_source
-from service.types import InferRequest, InferResponse, JsonObject, Parameters
+from service.tokenize import TokenizedItem, truncate_parameter
+from service.types import (
+    InferRequest,
+    InferResponse,
+    ItemsRequest,
+    ItemsResponse,
+    JsonObject,
+    Parameters,
+)
 
 EXTENSIONS = [
     "binary_tensor_data",
@@ -150,16 +168,80 @@ class DataPlane:
         started = time.perf_counter_ns()
         model = self.repository.get(request.model_name, request.model_version)
         try:
-            admitted = validate(model, request, self.settings.max_tensor_elements)
-            outputs = await self._outputs(model, request, admitted)
+            if is_text_request(model, request):
+                texts = request_texts(model, request)
+                truncate = truncate_parameter(request.parameters.get("truncate"))
+                items = await self._tokenize(model, texts, truncate)
+                outputs, names = await self._item_outputs(model, request, items)
+            else:
+                admitted = validate(model, request, self.settings.max_tensor_elements)
+                outputs = await self._outputs(model, request, admitted)
+                names = admitted.output_names
         except InferenceError:
             model.stats.record_failure(time.perf_counter_ns() - started)
             raise
         model.stats.record_success(time.perf_counter_ns() - started)
-        names = admitted.output_names
         return InferResponse(
             model.name, model.version, {name: outputs[name] for name in names}, request.id
         )
+
+    async def infer_items(self, request: ItemsRequest) -> ItemsResponse:
+        """Texts or token arrays, each tokenized, cached and batched on its own (/v1/embeddings)."""
+        started = time.perf_counter_ns()
+        model = self.repository.get(request.model_name, request.model_version)
+        try:
+            tokenizer = tokenizer_of(model)
+            texts = [item for item in request.items if isinstance(item, str)]
+            arrays = [item for item in request.items if isinstance(item, list)]
+            if arrays:
+                check_limits(len(arrays), 0, self.settings.max_items_per_request, 1 << 62)
+                items = [
+                    tokenizer.from_ids(index, ids, request.truncate)
+                    for index, ids in enumerate(arrays)
+                ]
+            else:
+                items = await self._tokenize(model, texts, request.truncate)
+            base = InferRequest(
+                model.name,
+                model.version,
+                {},
+                {},
+                outputs=request.outputs,
+                use_cache=request.use_cache,
+                client_gone=request.client_gone,
+            )
+            outputs, names = await self._item_outputs(model, base, items)
+        except InferenceError:
+            model.stats.record_failure(time.perf_counter_ns() - started)
+            raise
+        model.stats.record_success(time.perf_counter_ns() - started)
+        tokens = sum(item.length for item in items)
+        return ItemsResponse(
+            model.name, model.version, {name: outputs[name] for name in names}, tokens
+        )
+
+    async def _tokenize(
+        self, model: ModelVersion, texts: list[str], truncate: bool
+    ) -> list[TokenizedItem]:
+        check_limits(len(texts), 0, self.settings.max_items_per_request, 1 << 62)
+        return await tokenizer_of(model).encode(texts, truncate)
+
+    async def _item_outputs(
+        self, model: ModelVersion, base: InferRequest, items: list[TokenizedItem]
+    ) -> tuple[Outputs, list[str]]:
+        """Each item as its own one-row request (own cache entry, own place in a batch)."""
+        settings = self.settings
+        tokens = sum(item.length for item in items)
+        check_limits(
+            len(items), tokens, settings.max_items_per_request, settings.max_tokens_per_request
+        )
+        requests = [item_request(model, item, base) for item in items]
+        admitted = [validate(model, one, settings.max_tensor_elements) for one in requests]
+        rows = await asyncio.gather(
+            *(self._outputs(model, one, ok) for one, ok in zip(requests, admitted))
+        )
+        names = admitted[0].output_names
+        return stack_rows(rows, names), names
 
     async def _outputs(
         self, model: ModelVersion, request: InferRequest, admitted: Admitted
@@ -174,6 +256,7 @@ class DataPlane:
                 request.priority,
                 request.timeout_us,
                 request.client_gone,
+                admitted.tokens,
             )
 
         cache = self.cache

@@ -1,5 +1,6 @@
-"""The one error type: each carries its HTTP status, gRPC code and optional Retry-After, and each
-front end only renders it (v2 ``{"error": ...}`` bodies, gRPC status codes)."""
+"""The one error type: each carries its HTTP status, gRPC code, OpenAI error type and optional
+Retry-After, and each front end only renders it (v2 ``{"error": ...}`` bodies, gRPC status codes,
+OpenAI ``{"error": {"message", "type", "param", "code"}}`` bodies)."""
 
 from __future__ import annotations
 
@@ -12,39 +13,76 @@ log = logging.getLogger(__name__)
 
 class InferenceError(Exception):
     """A failure with a message meant for the client. Subclasses name their HTTP status and gRPC
-    code in the class statement: ``class NotFound(InferenceError, http=404, grpc_code=...)``."""
+    code in the class statement: ``class NotFound(InferenceError, http=404, grpc_code=...)``.
+    ``param`` and ``code`` name the offending field and a machine-readable reason for front ends
+    whose error shape has them (OpenAI's)."""
 
     http_status = 500
     grpc_code = grpc.StatusCode.INTERNAL
+    openai_type = "server_error"
 
     def __init_subclass__(
-        cls, http: int | None = None, grpc_code: grpc.StatusCode | None = None
+        cls,
+        http: int | None = None,
+        grpc_code: grpc.StatusCode | None = None,
+        openai_type: str | None = None,
     ) -> None:
         super().__init_subclass__()
         if http is not None:
             cls.http_status = http
         if grpc_code is not None:
             cls.grpc_code = grpc_code
+        if openai_type is not None:
+            cls.openai_type = openai_type
 
-    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: int | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.param = param
+        self.code = code
 
 
-class BadRequest(InferenceError, http=400, grpc_code=grpc.StatusCode.INVALID_ARGUMENT):
+class BadRequest(
+    InferenceError,
+    http=400,
+    grpc_code=grpc.StatusCode.INVALID_ARGUMENT,
+    openai_type="invalid_request_error",
+):
     """The request cannot be served as sent."""
 
 
-class NotFound(InferenceError, http=404, grpc_code=grpc.StatusCode.NOT_FOUND):
+class NotFound(
+    InferenceError,
+    http=404,
+    grpc_code=grpc.StatusCode.NOT_FOUND,
+    openai_type="invalid_request_error",
+):
     """Unknown model, version or endpoint."""
 
 
-class MethodNotAllowed(InferenceError, http=405, grpc_code=grpc.StatusCode.UNIMPLEMENTED):
+class MethodNotAllowed(
+    InferenceError,
+    http=405,
+    grpc_code=grpc.StatusCode.UNIMPLEMENTED,
+    openai_type="invalid_request_error",
+):
     """A known endpoint asked with the wrong HTTP method."""
 
 
-class PayloadTooLarge(InferenceError, http=413, grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED):
+class PayloadTooLarge(
+    InferenceError,
+    http=413,
+    grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+    openai_type="invalid_request_error",
+):
     """The body (or its inflated form) is over the configured limit."""
 
 
@@ -60,7 +98,12 @@ class Timeout(InferenceError, http=504, grpc_code=grpc.StatusCode.DEADLINE_EXCEE
     """The request's queue/compute timeout expired before it ran."""
 
 
-class Unimplemented(InferenceError, http=501, grpc_code=grpc.StatusCode.UNIMPLEMENTED):
+class Unimplemented(
+    InferenceError,
+    http=501,
+    grpc_code=grpc.StatusCode.UNIMPLEMENTED,
+    openai_type="invalid_request_error",
+):
     """A protocol feature the gateway does not offer (shared memory, classification...)."""
 
 

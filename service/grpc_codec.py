@@ -136,7 +136,7 @@ def decode_request(
     data is decoded."""
     inputs, datatypes = _decode_inputs(request, max_elements, model)
     parameters = parameters_to_dict(request.parameters)
-    return build_request(
+    decoded = build_request(
         request.model_name,
         request.model_version,
         inputs,
@@ -145,6 +145,8 @@ def decode_request(
         request.id,
         parameters,
     )
+    decoded.checked_for = model
+    return decoded
 
 
 def _decode_inputs(

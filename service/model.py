@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2
 
 from service.protocol.datatypes import CONFIG_TO_V2, V2_TO_NUMPY
 from service.stats import ModelStats
+from service.tokenize import PAD_ID_PARAMETER
 from service.types import JsonObject
 
 if TYPE_CHECKING:
@@ -18,10 +19,13 @@ if TYPE_CHECKING:
 
     from service.backends.base import Backend
     from service.batching import DynamicBatcher
+    from service.tokenize import TextTokenizer
 
 PAD_INPUTS_PARAMETER = "infergate.pad_inputs"
 #: longest token sequence the model takes (its position embeddings); sources fill it from the graph
 MAX_SEQUENCE_PARAMETER = "infergate.max_sequence_length"
+#: padded tokens (rows x longest sequence) one batch may hold, like TEI's max_batch_tokens
+MAX_BATCH_TOKENS_PARAMETER = "infergate.max_batch_tokens"
 
 
 class ModelState(StrEnum):
@@ -39,14 +43,16 @@ class TensorSpec:
     datatype: str  # v2 datatype, e.g. "FP32"
     dims: tuple[int, ...]  # without the batch axis when the model batches; -1 = any size
     dtype: np.dtype[np.generic]
+    shape: tuple[int, ...]  # what a request declares: the batch axis (-1) first when batching
+    fixed: tuple[tuple[int, int], ...]  # (axis, size) of every axis of ``shape`` that is not -1
 
-    def metadata(self, batch_axis: bool) -> JsonObject:
-        shape = [-1, *self.dims] if batch_axis else list(self.dims)
-        return {"name": self.name, "datatype": self.datatype, "shape": shape}
+    def metadata(self) -> JsonObject:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 def tensor_specs(
     tensors: Iterable[model_config_pb2.ModelInput | model_config_pb2.ModelOutput],
+    batch_axis: bool,
 ) -> dict[str, TensorSpec]:
     """ModelInput/ModelOutput protos -> specs keyed by name, in config order."""
     specs: dict[str, TensorSpec] = {}
@@ -56,43 +62,52 @@ def tensor_specs(
         if datatype is None:
             raise ValueError(f"tensor '{tensor.name}' has unsupported data_type {type_name}")
         dims = tuple(int(d) for d in tensor.dims)
-        specs[tensor.name] = TensorSpec(tensor.name, datatype, dims, V2_TO_NUMPY[datatype])
+        shape = (-1, *dims) if batch_axis else dims
+        fixed = tuple((axis, size) for axis, size in enumerate(shape) if size != -1)
+        specs[tensor.name] = TensorSpec(
+            tensor.name, datatype, dims, V2_TO_NUMPY[datatype], shape, fixed
+        )
     return specs
 
 
 @dataclass(slots=True)
 class ModelVersion:
     """A servable (model, version): config, tensor specs, the backend that runs it, its batcher
-    (set by the data plane when the version is attached) and its statistics."""
+    (set by the data plane when the version is attached), its statistics and, for a model that
+    takes text, its tokenizer."""
 
     name: str
     version: str
     config: model_config_pb2.ModelConfig
     backend: Backend
+    tokenizer: TextTokenizer | None = None
     inputs: dict[str, TensorSpec] = field(init=False)
     outputs: dict[str, TensorSpec] = field(init=False)
     output_names: list[str] = field(init=False)
     max_batch_size: int = field(init=False)
+    batches: bool = field(init=False)  # max_batch_size > 0: inputs carry a batch axis first
     pad_inputs: frozenset[str] = field(init=False)
     max_sequence_length: int = field(init=False)  # 0 = no limit known
+    pad_values: dict[str, int] = field(init=False)  # inputs padded with other than 0
+    max_batch_tokens: int = field(init=False)  # 0 = batches limited by rows only
     stats: ModelStats = field(init=False)
     scheduler: DynamicBatcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.inputs = tensor_specs(self.config.input)
-        self.outputs = tensor_specs(self.config.output)
-        self.output_names = list(self.outputs)
         self.max_batch_size = int(self.config.max_batch_size)
+        self.batches = self.max_batch_size > 0
+        self.inputs = tensor_specs(self.config.input, self.batches)
+        self.outputs = tensor_specs(self.config.output, self.batches)
+        self.output_names = list(self.outputs)
         parameter = self.config.parameters.get(PAD_INPUTS_PARAMETER)
         names = parameter.string_value.split(",") if parameter is not None else []
         self.pad_inputs = frozenset(n.strip() for n in names if n.strip() in self.inputs)
         limit = self.config.parameters.get(MAX_SEQUENCE_PARAMETER)
         self.max_sequence_length = int(limit.string_value) if limit is not None else 0
+        pad_id = _int_parameter(self.config, PAD_ID_PARAMETER)
+        self.pad_values = {"input_ids": pad_id} if pad_id and "input_ids" in self.pad_inputs else {}
+        self.max_batch_tokens = _int_parameter(self.config, MAX_BATCH_TOKENS_PARAMETER)
         self.stats = ModelStats(self.name, self.version)
-
-    @property
-    def batches(self) -> bool:
-        return self.max_batch_size > 0
 
     def metadata(self) -> JsonObject:
         """KServe v2 model metadata."""
@@ -100,6 +115,17 @@ class ModelVersion:
             "name": self.name,
             "versions": [self.version],
             "platform": self.config.platform or self.config.backend,
-            "inputs": [spec.metadata(self.batches) for spec in self.inputs.values()],
-            "outputs": [spec.metadata(self.batches) for spec in self.outputs.values()],
+            "inputs": [spec.metadata() for spec in self.inputs.values()],
+            "outputs": [spec.metadata() for spec in self.outputs.values()],
         }
+
+
+def _int_parameter(config: model_config_pb2.ModelConfig, key: str) -> int:
+    """A non-negative integer config parameter; 0 when absent, ValueError when malformed."""
+    parameter = config.parameters.get(key)
+    raw = parameter.string_value.strip() if parameter is not None else ""
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise ValueError(f"config parameter {key} must be a non-negative integer, not {raw!r}")
+    return int(raw)

@@ -151,7 +151,9 @@ class ModelRepository:
             try:
                 loaded = await self.source.load(name)
                 fresh = {
-                    version: ModelVersion(name, version, config, backend)
+                    version: ModelVersion(
+                        name, version, config, backend, self.source.tokenizer(name, version)
+                    )
                     for version, (config, backend) in loaded.items()
                 }
             except Exception as exc:

@@ -3,7 +3,8 @@
 ``POST .../infer`` is served by a raw ASGI handler in front of FastAPI: at tens of thousands of
 requests per second, FastAPI's routing and dependency resolution would cost more than the model.
 Every error, on every route (known or not), is rendered by :func:`error_response` in the v2 shape
-``{"error": "..."}``.
+``{"error": "..."}``, except under the OpenAI routes (``/v1/embeddings``, ``/v1/models``), which
+answer in OpenAI's error shape (``service.openai``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from service import rest_schema
+from service import openai, rest_schema
 from service.errors import (
     BadRequest,
     InferenceError,
@@ -233,7 +234,10 @@ def _json(data: object, status: int = 200) -> Response:
 
 async def _render_error(request: Request, exc: Exception) -> Response:
     route = f"{request.method} {request.url.path}"
-    status, headers, body = error_response(as_http_error(exc, route))
+    error = as_http_error(exc, route)
+    status, headers, body = error_response(error)
+    if openai.is_openai_path(request.url.path):
+        body = openai.error_body(error)
     response = Response(body, status_code=status)
     for name, value in headers:
         response.headers[name.decode()] = value.decode()
@@ -325,6 +329,8 @@ def build_app(dataplane: DataPlane) -> InferEndpoint:
     for prefix in UNSUPPORTED:
         for path in (f"/v2/{prefix}", f"/v2/{prefix}/{{rest:path}}"):
             api.add_api_route(path, unsupported, methods=["GET", "POST"], include_in_schema=False)
+
+    openai.mount(api, dataplane)
 
     @api.get("/metrics")
     async def metrics() -> Response:

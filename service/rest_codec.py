@@ -81,6 +81,7 @@ def decode_request(
     request = build_request(
         model.name, model_version, inputs, datatypes, outputs, str(request_id), parameters
     )
+    request.checked_for = model
     return request, encoding
 
 

@@ -101,6 +101,14 @@ class Settings(BaseSettings):
     max_tensor_elements: int = Field(
         default=1 << 26, description="upper bound on elements of any one input tensor"
     )
+    max_items_per_request: int = Field(
+        default=2048,
+        description="texts or token arrays one text or /v1/embeddings request may carry",
+    )
+    max_tokens_per_request: int = Field(
+        default=300_000,
+        description="tokens (after truncation) one text or /v1/embeddings request may carry",
+    )
     grpc_max_message_bytes: int = Field(
         default=64 * 1024 * 1024, description="largest gRPC message received or sent"
     )

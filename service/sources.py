@@ -19,6 +19,7 @@ from service.backends.triton_replicas import Replica, ReplicaPool
 from service.errors import Unavailable
 from service.model import MAX_SEQUENCE_PARAMETER, PAD_INPUTS_PARAMETER
 from service.settings import Settings
+from service.tokenize import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ class ModelSource(ABC):
         """Changes whenever the model's files change (poll mode reloads on a change)."""
         return 0
 
+    def tokenizer(self, name: str, version: str) -> TextTokenizer | None:
+        """The tokenizer the last ``load(name)`` found for ``version`` (None: token ids only)."""
+        return None
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop background work (health checks) and close connections."""
 
@@ -73,6 +78,7 @@ class LocalOnnxSource(ModelSource):
     def __init__(self, root: Path, settings: Settings) -> None:
         self.root = root
         self.settings = settings
+        self._tokenizers: dict[tuple[str, str], TextTokenizer | None] = {}
 
     async def model_names(self) -> list[str]:
         if not self.root.is_dir():
@@ -94,6 +100,9 @@ class LocalOnnxSource(ModelSource):
             stat = path.stat()
             entries.append((str(path), stat.st_size, stat.st_mtime_ns))
         return hash(tuple(entries))
+
+    def tokenizer(self, name: str, version: str) -> TextTokenizer | None:
+        return self._tokenizers.get((name, version))
 
     def _load_sync(self, name: str) -> LoadedVersions:
         from service.backends.onnxruntime import OnnxRuntimeBackend
@@ -126,6 +135,9 @@ class LocalOnnxSource(ModelSource):
             backend.complete_config(config)
             backend.warm_up(config)  # model_warmup runs while the model is LOADING
             _complete_sequence_limit(config, folder / str(version) / filename)
+            graph_inputs = {tensor.name for tensor in config.input}
+            tokenizer = TextTokenizer.load([folder / str(version), folder], config, graph_inputs)
+            self._tokenizers[(name, str(version))] = tokenizer
             loaded[str(version)] = (config, backend)
         return loaded
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.model import ModelVersion
 
 #: a numpy tensor of any datatype (BYTES = an object array of ``bytes``)
 Array = np.ndarray[tuple[int, ...], np.dtype[np.generic]]
@@ -33,6 +37,8 @@ class InferRequest:
     use_cache: bool = True
     #: returns True once the client has hung up (front ends that can tell set it)
     client_gone: Callable[[], bool] | None = None
+    #: the model version a decoder already checked each declared input against
+    checked_for: ModelVersion | None = None
 
 
 @dataclass(slots=True)
@@ -42,3 +48,25 @@ class InferResponse:
     outputs: Tensors  # in the order the client asked for (or the model's order)
     id: str = ""
     parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ItemsRequest:
+    """Independent inputs for a model with a tokenizer (``/v1/embeddings``): texts, or token
+    arrays of the model's own vocabulary."""
+
+    model_name: str
+    model_version: str
+    items: list[str] | list[list[int]]
+    truncate: bool = True  # cut inputs longer than the model's max length (False: reject them)
+    outputs: list[str] | None = None
+    use_cache: bool = True
+    client_gone: Callable[[], bool] | None = None
+
+
+@dataclass(slots=True)
+class ItemsResponse:
+    model_name: str
+    model_version: str
+    outputs: Tensors  # one row per item, in order
+    token_count: int  # tokens the model saw, summed over items (usage)

@@ -11,6 +11,7 @@ clients match on, and add the detail after it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,25 +28,25 @@ class Admitted:
     rows: int  # batch rows the request carries (1 for a model that does not batch)
     signature: tuple[object, ...]  # requests with equal signatures may share a batch
     output_names: list[str]  # the outputs to return, in order
+    tokens: int = 0  # sequence length each row takes once padded (0: the model pads nothing)
 
 
 def check_declared(model: ModelVersion, name: str, datatype: str, shape: tuple[int, ...]) -> None:
     """One input as declared (name, datatype, shape), before its data is decoded."""
     spec = model.inputs.get(name)
     if spec is None:
+        if model.tokenizer is not None and name == model.tokenizer.options.text_input:
+            return  # text is checked as it is tokenized (service.protocol.text)
         raise _unexpected_input(model, name)
     if datatype != spec.datatype:
         raise BadRequest(
             f"inference input '{name}' data-type is '{datatype}', but model '{model.name}' "
             f"expects '{spec.datatype}'"
         )
-    expected = (-1, *spec.dims) if model.batches else spec.dims
-    if len(shape) != len(expected) or any(
-        want != -1 and have != want for have, want in zip(shape, expected)
-    ):
+    if len(shape) != len(spec.shape) or any(shape[axis] != size for axis, size in spec.fixed):
         raise BadRequest(
             f"unexpected shape for input '{name}' for model '{model.name}'. "
-            f"Expected {_shape(expected)}, got {_shape(shape)}"
+            f"Expected {_shape(spec.shape)}, got {_shape(shape)}"
         )
     if model.batches:
         _check_batch_rows(model, name, shape[0])
@@ -54,13 +55,19 @@ def check_declared(model: ModelVersion, name: str, datatype: str, shape: tuple[i
 
 
 def validate(model: ModelVersion, request: InferRequest, max_elements: int) -> Admitted:
-    """Check ``request`` against ``model``; raise ``BadRequest`` naming the first problem."""
+    """Check ``request`` against ``model``; raise ``BadRequest`` naming the first problem.
+
+    What a decoder already checked for this model as each input was declared
+    (``request.checked_for``) is not checked twice."""
     _check_names(model, request)
+    declared_checked = request.checked_for is model
     rows = 1
+    tokens = 0
     signature: list[object] = []
     for index, (name, spec) in enumerate(model.inputs.items()):
         array = request.inputs[name]
-        check_declared(model, name, request.datatypes.get(name, spec.datatype), array.shape)
+        if not declared_checked:
+            check_declared(model, name, request.datatypes.get(name, spec.datatype), array.shape)
         _check_values(spec, array, max_elements)
         if model.batches:
             if index == 0:
@@ -69,9 +76,14 @@ def validate(model: ModelVersion, request: InferRequest, max_elements: int) -> A
                 raise BadRequest(
                     f"input '{name}' has batch size {array.shape[0]} but other inputs have {rows}"
                 )
-        signature.append(array.ndim if name in model.pad_inputs else array.shape[1:])
-    _check_paired_sequences(model, request)
-    return Admitted(rows, tuple(signature), output_names(model, request.outputs))
+        if name in model.pad_inputs:
+            signature.append(array.ndim)
+            tokens = max(tokens, math.prod(array.shape[1:]))
+        else:
+            signature.append(array.shape[1:])
+    if model.pad_inputs:
+        _check_paired_sequences(model, request)
+    return Admitted(rows, tuple(signature), output_names(model, request.outputs), tokens)
 
 
 def output_names(model: ModelVersion, requested: list[str] | None) -> list[str]:

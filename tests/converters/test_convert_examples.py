@@ -98,6 +98,9 @@ def test_minilm_versions(tmp_path: Path) -> None:
         "input_ids,attention_mask,token_type_ids"
     )
     assert [list(i.dims) for i in config.input] == [[-1], [-1], [-1]]
+    # the tokenizer the gateway uses for text: sentence-transformers' 256-token limit
+    assert config.parameters["infergate.tokenizer.max_length"].string_value == "256"
+    assert all((repo / "minilm_embed" / str(v) / "tokenizer.json").is_file() for v in (1, 2))
     ids = np.array([[101, 7592, 2088, 102, 0, 0]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)
     emb = run_session(

@@ -218,3 +218,62 @@ async def test_one_bad_request_fails_alone_and_its_batch_mates_succeed(example_r
         assert all(o.outputs["sentence_embedding"].shape == (1, 384) for o in good)
     finally:
         await dataplane.close()
+
+
+def with_token_budget(budget: int):
+    def edit(config: model_config_pb2.ModelConfig) -> None:
+        config.instance_group[0].count = 1
+        config.parameters["infergate.max_batch_tokens"].string_value = str(budget)
+
+    return edit
+
+
+async def test_token_budget_groups_similar_lengths(example_repo, tmp_path):
+    repo = copy_model(example_repo, "minilm_embed", tmp_path, with_token_budget(64))
+    session = ort.InferenceSession(str(repo / "minilm_embed" / "1" / "model.onnx"))
+    dataplane = await started(repo)
+    try:
+        lengths = [30, 4, 30, 4, 4, 30, 100]
+        requests = [embed_request(n, seed) for seed, n in enumerate(lengths)]
+        # one tick: all are queued before the batcher takes its first batch
+        responses = await asyncio.gather(*(dataplane.infer(r) for r in requests))
+        for request, response in zip(requests, responses):
+            expected = session.run(["sentence_embedding"], request.inputs)[0]
+            np.testing.assert_allclose(response.outputs["sentence_embedding"], expected, atol=2e-5)
+        stats = dataplane.model_statistics("minilm_embed", "1")["model_stats"][0]
+        # 30+30 (60 padded tokens), then 4+4+4, then the third 30, then 100 alone (over budget)
+        assert stats["execution_count"] == 4
+        assert {b["batch_size"] for b in stats["batch_stats"]} == {1, 2, 3}
+        assert stats["inference_count"] == len(lengths)
+    finally:
+        await dataplane.close()
+
+
+async def test_without_a_token_budget_lengths_share_one_batch(example_repo, tmp_path):
+    def one_instance(config: model_config_pb2.ModelConfig) -> None:
+        config.instance_group[0].count = 1
+
+    repo = copy_model(example_repo, "minilm_embed", tmp_path, one_instance)
+    dataplane = await started(repo)
+    try:
+        lengths = [30, 4, 30, 4, 4, 30, 100]
+        await asyncio.gather(*(dataplane.infer(embed_request(n, s)) for s, n in enumerate(lengths)))
+        stats = dataplane.model_statistics("minilm_embed", "1")["model_stats"][0]
+        assert stats["execution_count"] == 1
+        assert [b["batch_size"] for b in stats["batch_stats"]] == [7]
+    finally:
+        await dataplane.close()
+
+
+async def test_a_malformed_token_budget_fails_the_load(example_repo, tmp_path):
+    def bad(config: model_config_pb2.ModelConfig) -> None:
+        config.parameters["infergate.max_batch_tokens"].string_value = "lots"
+
+    repo = copy_model(example_repo, "minilm_embed", tmp_path, bad)
+    dataplane = await started(repo)
+    try:
+        (row,) = [r for r in await dataplane.repository_index() if r.name == "minilm_embed"]
+        assert row.state == "UNAVAILABLE"
+        assert "infergate.max_batch_tokens must be a non-negative integer" in row.reason
+    finally:
+        await dataplane.close()
