@@ -247,21 +247,26 @@ class DataPlane:
         self, model: ModelVersion, request: InferRequest, admitted: Admitted
     ) -> Outputs:
         """From the cache (or an identical request in flight) when allowed, else the batcher."""
-
-        async def schedule() -> Outputs:
-            return await model.scheduler.submit(
-                request.inputs,
-                admitted.rows,
-                admitted.signature,
-                request.priority,
-                request.timeout_us,
-                request.client_gone,
-                admitted.tokens,
-            )
-
         cache = self.cache
         if not (request.use_cache and cache is not None and cache.enabled_for(model.config)):
-            return await schedule()
+            return await _submit(model, request, admitted)
         key = cache.key(model.name, model.version, request, admitted.output_names)
-        outputs, _ = await cache.get_or_compute(key, model.name, model.version, schedule)
+        outputs, _ = await cache.get_or_compute(
+            key, model.name, model.version, lambda: _submit(model, request, admitted)
+        )
         return outputs
+
+
+def _submit(
+    model: ModelVersion, request: InferRequest, admitted: Admitted
+) -> asyncio.Future[Outputs]:
+    """Hand a validated request to its model's batcher."""
+    return model.scheduler.submit(
+        request.inputs,
+        admitted.rows,
+        admitted.signature,
+        request.priority,
+        request.timeout_us,
+        request.client_gone,
+        admitted.tokens,
+    )

@@ -168,7 +168,6 @@ def _decode_inputs(
             raise Unimplemented(f"input '{name}': shared memory is not supported by this server")
         shape = tuple(tensor.shape)
         if model is not None:  # what the input declares, before its data is read
-            numpy_dtype(name, tensor.datatype)
             element_count(name, shape, max_elements)
             check_declared(model, name, tensor.datatype, shape)
         if raw_contents:

@@ -14,7 +14,7 @@ import orjson
 
 from service.errors import BadRequest, PayloadTooLarge
 from service.model import ModelVersion
-from service.protocol.datatypes import numpy_dtype, serialize_bytes
+from service.protocol.datatypes import serialize_bytes
 from service.protocol.request import build_request
 from service.protocol.response import output_datatype
 from service.protocol.tensors import array_from_bytes, array_from_values, element_count
@@ -152,7 +152,6 @@ def _decode_input(
     """One input's tensor from JSON ``data`` or its slice of the binary data."""
     if not isinstance(datatype, str):
         raise BadRequest(f"input '{name}': unknown datatype {datatype!r}")
-    numpy_dtype(name, datatype)
     shape, count = element_count(name, raw.get("shape"), max_elements)
     check_declared(model, name, datatype, shape)
     parameters = raw.get("parameters") or {}

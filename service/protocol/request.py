@@ -30,6 +30,8 @@ def build_request(
     parameters: Mapping[str, object],
 ) -> InferRequest:
     """The protocol-neutral request, with ``priority``/``timeout``/``cache`` read once here."""
+    if not parameters:  # most requests: nothing to read
+        return InferRequest(model_name, model_version, inputs, datatypes, outputs, request_id)
     params = dict(parameters)
     return InferRequest(
         model_name=model_name,

@@ -18,6 +18,7 @@ import numpy as np
 
 from service.errors import BadRequest
 from service.model import ModelVersion, TensorSpec
+from service.protocol.datatypes import numpy_dtype
 from service.types import Array, InferRequest
 
 
@@ -39,15 +40,16 @@ def check_declared(model: ModelVersion, name: str, datatype: str, shape: tuple[i
             return  # text is checked as it is tokenized (service.protocol.text)
         raise _unexpected_input(model, name)
     if datatype != spec.datatype:
+        numpy_dtype(name, datatype)  # an unknown datatype gets its own message first
         raise BadRequest(
             f"inference input '{name}' data-type is '{datatype}', but model '{model.name}' "
             f"expects '{spec.datatype}'"
         )
-    if len(shape) != len(spec.shape) or any(shape[axis] != size for axis, size in spec.fixed):
-        raise BadRequest(
-            f"unexpected shape for input '{name}' for model '{model.name}'. "
-            f"Expected {_shape(spec.shape)}, got {_shape(shape)}"
-        )
+    if len(shape) != len(spec.shape):
+        raise _unexpected_shape(model, spec, shape)
+    for axis, size in spec.fixed:
+        if shape[axis] != size:
+            raise _unexpected_shape(model, spec, shape)
     if model.batches:
         _check_batch_rows(model, name, shape[0])
     if name in model.pad_inputs:
@@ -109,6 +111,13 @@ def _check_names(model: ModelVersion, request: InferRequest) -> None:
     raise BadRequest(
         f"expected {len(model.inputs)} inputs but got {len(request.inputs)} inputs for model "
         f"'{model.name}': missing required input(s) {missing}"
+    )
+
+
+def _unexpected_shape(model: ModelVersion, spec: TensorSpec, shape: tuple[int, ...]) -> BadRequest:
+    return BadRequest(
+        f"unexpected shape for input '{spec.name}' for model '{model.name}'. "
+        f"Expected {_shape(spec.shape)}, got {_shape(shape)}"
     )
 
 
