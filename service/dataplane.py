@@ -12,6 +12,7 @@ import time
 from tritonclient.grpc import model_config_pb2
 
 from service import __version__
+from service.admission import Admission
 from service.batching import DynamicBatcher, Outputs
 from service.cache import ResponseCache
 from service.errors import BadRequest, InferenceError, NotFound
@@ -40,6 +41,7 @@ class DataPlane:
             make_source(settings), settings, self._attach, self._detach
         )
         self.cache: ResponseCache | None = None
+        self.admission = Admission(settings)
         self._started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -53,6 +55,7 @@ class DataPlane:
         await self.repository.close()
         if self.cache is not None:
             await self.cache.close()
+        await self.admission.close()
 
     def _attach(self, model: ModelVersion) -> None:
         model.scheduler = DynamicBatcher(model, model.stats, self.settings)
@@ -151,6 +154,7 @@ class DataPlane:
         model = self.repository.get(request.model_name, request.model_version)
         try:
             admitted = validate(model, request, self.settings.max_tensor_elements)
+            await self.admission.admit_infer(model.name, admitted.rows)
             outputs = await self._outputs(model, request, admitted)
         except InferenceError:
             model.stats.record_failure(time.perf_counter_ns() - started)

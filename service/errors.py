@@ -36,6 +36,18 @@ class BadRequest(InferenceError, http=400, grpc_code=grpc.StatusCode.INVALID_ARG
     """The request cannot be served as sent."""
 
 
+class Unauthenticated(InferenceError, http=401, grpc_code=grpc.StatusCode.UNAUTHENTICATED):
+    """No API key, or one the server does not know."""
+
+
+class PermissionDenied(InferenceError, http=403, grpc_code=grpc.StatusCode.PERMISSION_DENIED):
+    """A known key without the scope, model or restricted-API header the request needs."""
+
+
+class RateLimited(InferenceError, http=429, grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED):
+    """The key's request or row budget is spent for now; ``retry_after_s`` says for how long."""
+
+
 class NotFound(InferenceError, http=404, grpc_code=grpc.StatusCode.NOT_FOUND):
     """Unknown model, version or endpoint."""
 

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from service import rest_schema
+from service.auth_http import App, protect
 from service.errors import (
     BadRequest,
     InferenceError,
@@ -211,7 +212,11 @@ async def _optional_json(request: Request) -> JsonObject:
     return parse_json_object(body) if body else {}
 
 
-def build_app(dataplane: DataPlane) -> InferEndpoint:
+async def _send_error(send: Send, error: InferenceError) -> None:
+    await _send(send, *error_response(error))
+
+
+def build_app(dataplane: DataPlane) -> App:
     """The ASGI application: infer hot path + FastAPI for the rest of the v2 API."""
     api = FastAPI(title="infergate", version="0.1.0", docs_url="/docs", openapi_url="/openapi.json")
     for error_type in (InferenceError, HTTPException, RequestValidationError, Exception):
@@ -296,4 +301,4 @@ def build_app(dataplane: DataPlane) -> InferEndpoint:
     async def metrics() -> Response:
         return Response(dataplane.metrics(), media_type=CONTENT_TYPE_LATEST)
 
-    return InferEndpoint(dataplane, api)
+    return protect(InferEndpoint(dataplane, api), dataplane.admission.http, _send_error)

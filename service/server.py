@@ -18,6 +18,7 @@ import uvicorn
 from service.dataplane import DataPlane
 from service.rest import build_app
 from service.settings import Settings
+from service.tls import uvicorn_options
 
 log = logging.getLogger("infergate")
 
@@ -103,6 +104,7 @@ async def serve(settings: Settings) -> None:
         # Per-request middleware and headers nobody asked for; a proxy in front sets its own.
         proxy_headers=False,
         server_header=False,
+        **uvicorn_options(settings),  # type: ignore[arg-type]
     )
     server = _Server(config)
     # Long-lived objects (sessions, configs, modules) need no scanning, and a request allocates
