@@ -6,25 +6,20 @@ for trailers, redis-server processes for the shared limiter.
 
 from __future__ import annotations
 
-import shutil
 import ssl
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from service.auth_keys import create_key, revoke_key
-from tests.helpers import Gateway, edit_config, start_gateway, wait_until
-from tests.redis_server import RedisServer, redis_server, redis_server_factory
+from tests.helpers import Gateway, start_gateway, wait_until
+from tests.redis_server import redis_server, redis_server_factory
 from tests.tls_certs import make_certificates
 
 __all__ = ["redis_server", "redis_server_factory"]
@@ -116,8 +111,10 @@ def test_admin_actions_need_the_admin_scope_and_are_audited(
     client.unload_model("keras_digits", headers=bearer(key["admin"]))
     client.load_model("keras_digits", headers=bearer(key["admin"]))
     wait_until(
-        lambda: "audit admin key=admin action=unload model=keras_digits client=127.0.0.1"
-        in secured.log(),
+        lambda: (
+            "audit admin key=admin action=unload model=keras_digits client=127.0.0.1"
+            in secured.log()
+        ),
         10,
         "the unload to be audited",
     )
