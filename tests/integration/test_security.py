@@ -7,7 +7,7 @@ for trailers, redis-server processes for the shared limiter.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 from service.auth_keys import create_key, revoke_key
 from tests.helpers import Gateway, start_gateway, wait_until
 from tests.redis_server import redis_server, redis_server_factory
-from tests.tls_certs import make_certificates
+from tests.tls_certs import Certificates, make_certificates
 
 __all__ = ["redis_server", "redis_server_factory"]
 
@@ -197,28 +197,28 @@ def tls_context(ca: Path, cert: tuple[str, str] | None = None) -> ssl.SSLContext
     return context
 
 
-def _https_ready(ca: Path, cert: tuple[str, str] | None) -> Callable[[Gateway], bool]:
+def tls_gateway(repo: Path, certs: Certificates, mutual: bool) -> Gateway:
+    """A gateway serving HTTPS and gRPC TLS (requiring client certificates when ``mutual``)."""
+    client_cert = (str(certs.client_cert), str(certs.client_key)) if mutual else None
+    flags = ["--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key)]
+    if mutual:
+        flags += ["--tls-client-ca-file", str(certs.ca)]
+
     def ready(gateway: Gateway) -> bool:
         assert gateway.alive(), gateway.log()
         url = f"https://127.0.0.1:{gateway.http_port}/v2/health/ready"
         try:
-            return httpx.get(url, verify=tls_context(ca, cert), timeout=5).status_code == 200
+            context = tls_context(certs.ca, client_cert)
+            return httpx.get(url, verify=context, timeout=5).status_code == 200
         except httpx.HTTPError:
             return False
 
-    return ready
+    return start_gateway(repo, *flags, ready=ready)
 
 
 def test_https_and_grpc_tls(example_repo: Path, tmp_path: Path) -> None:
     certs = make_certificates(tmp_path / "tls")
-    gateway = start_gateway(
-        example_repo,
-        "--tls-cert-file",
-        str(certs.server_cert),
-        "--tls-key-file",
-        str(certs.server_key),
-        ready=_https_ready(certs.ca, None),
-    )
+    gateway = tls_gateway(example_repo, certs, mutual=False)
     try:
         url = f"https://127.0.0.1:{gateway.http_port}"
         with httpx.Client(base_url=url, verify=tls_context(certs.ca)) as https:
@@ -238,16 +238,7 @@ def test_mutual_tls_refuses_clients_without_a_certificate(
 ) -> None:
     certs = make_certificates(tmp_path / "mtls")
     client_cert = (str(certs.client_cert), str(certs.client_key))
-    gateway = start_gateway(
-        example_repo,
-        "--tls-cert-file",
-        str(certs.server_cert),
-        "--tls-key-file",
-        str(certs.server_key),
-        "--tls-client-ca-file",
-        str(certs.ca),
-        ready=_https_ready(certs.ca, client_cert),
-    )
+    gateway = tls_gateway(example_repo, certs, mutual=True)
     try:
         url = f"https://127.0.0.1:{gateway.http_port}/v2/health/ready"
         with pytest.raises(httpx.HTTPError):
