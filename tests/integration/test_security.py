@@ -259,3 +259,36 @@ def test_mutual_tls_refuses_clients_without_a_certificate(
         assert mutual.is_server_live()
     finally:
         gateway.stop()
+
+
+def test_grpc_stream_carries_the_key_to_every_request(
+    secured: Gateway, keys: tuple[Path, dict[str, str]]
+) -> None:
+    key = keys[1]
+    results: list[tuple[object, object]] = []
+    client = grpcclient.InferenceServerClient(secured.grpc_url)
+    client.start_stream(
+        lambda result, error: results.append((result, error)), headers=bearer(key["digits"])
+    )
+    allowed = grpcclient.InferInput("input", [1, 64], "FP32")
+    allowed.set_data_from_numpy(DIGITS)
+    other = grpcclient.InferInput("input", [1, 30], "FP32")
+    other.set_data_from_numpy(np.zeros((1, 30), dtype=np.float32))
+    client.async_stream_infer("digits_mlp", [allowed], request_id="ok")
+    client.async_stream_infer("cancer_gbt", [other], request_id="denied")
+    wait_until(lambda: len(results) == 2, 30, "both streamed answers")
+    client.stop_stream()
+    answers = {
+        (result.get_response().id if result is not None else "error"): error
+        for result, error in results
+    }
+    assert answers.get("ok") is None, answers
+    errors = [str(error) for _, error in results if error is not None]
+    assert len(errors) == 1 and "may not use model 'cancer_gbt'" in errors[0]
+    anonymous = grpcclient.InferenceServerClient(secured.grpc_url)
+    failures: list[InferenceServerException] = []
+    anonymous.start_stream(lambda result, error: failures.append(error))
+    anonymous.async_stream_infer("digits_mlp", [allowed])
+    wait_until(lambda: failures, 30, "the stream without a key to be refused")
+    anonymous.stop_stream()
+    assert "UNAUTHENTICATED" in str(failures[0].status()), failures[0]
