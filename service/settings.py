@@ -136,7 +136,8 @@ class Settings(BaseSettings):
         description="Triton's GROUP[,GROUP]:HEADER=VALUE: gRPC groups that need that metadata",
     )
     anonymous_requests_per_s: float = Field(
-        default=0.0, description="infer requests/s allowed without keys (per replica set); 0 = any"
+        default=0.0,
+        description="infer requests/s without keys (shared through Redis when set); 0 = any",
     )
     anonymous_rows_per_s: float = Field(
         default=0.0, description="infer rows/s allowed without keys; 0 = any"
