@@ -85,6 +85,7 @@ ON_THE_MACHINE = [
     "pyyaml",
     "aiohttp",
     "uvloop",
+    "tokenizers",  # with transformers and sentence-transformers
 ]
 MODELS = {
     "digits_mlp": "copied from model_repo/ (fp32 MLP)",

@@ -26,6 +26,7 @@ from tritonclient.grpc import model_config_pb2
 from service.errors import BadRequest, InferenceError, Internal, Overloaded, Timeout, Unavailable
 from service.model import ModelVersion
 from service.settings import Settings
+from service.shedding import WaitEstimator
 from service.stats import ModelStats
 from service.types import Array, Tensors
 
@@ -94,6 +95,9 @@ class DynamicBatcher:
         self.slots = max(model.backend.concurrency, 1)
         self.in_flight = 0  # batches running
         self.running_requests = 0
+        self.running_rows = 0
+        self.wait = WaitEstimator(model.name, self.slots)
+        self.max_wait_us = int(settings.max_queue_wait_ms * 1000)
         self.closed = False
         self._wakeup = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
@@ -130,6 +134,14 @@ class DynamicBatcher:
                 retry_after_s=self.retry_after_s,
             )
         timeout = timeout_us if (timeout_us and policy.allow_override) else policy.timeout_us
+        shed = self.wait.check(
+            self.model.name,
+            self.queued_rows + self.running_rows,
+            timeout_us or timeout or self.max_wait_us,
+        )
+        if shed is not None:
+            self.stats.metrics.rejected("predicted_wait")
+            raise shed
         now = time.perf_counter_ns()
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         deadline = now + timeout * 1000 if timeout else 0
@@ -167,6 +179,7 @@ class DynamicBatcher:
             if batch:
                 self.in_flight += 1
                 self.running_requests += len(batch)
+                self.running_rows += sum(pending.rows for pending in batch)
                 task = asyncio.get_running_loop().create_task(self._execute(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -297,6 +310,8 @@ class DynamicBatcher:
         finally:
             self.in_flight -= 1
             self.running_requests -= len(batch)
+            self.running_rows -= sum(pending.rows for pending in batch)
+            self.wait.publish(self.queued_rows + self.running_rows)
             self._wakeup.set()
 
     def _client_error(self, exc: Exception) -> InferenceError:
@@ -308,6 +323,7 @@ class DynamicBatcher:
     async def _run_batch(self, batch: list[Pending]) -> None:
         model = self.model
         started = time.perf_counter_ns()
+        mark = self.wait.started()
         inputs = self._merge(batch)
         merged = time.perf_counter_ns()
         outputs = await model.backend.execute(inputs, model.output_names)
@@ -315,6 +331,7 @@ class DynamicBatcher:
         self._split(batch, outputs)
         finished = time.perf_counter_ns()
         rows = sum(p.rows for p in batch) if model.batches else 1
+        self.wait.finished(mark, rows)
         input_ns, infer_ns, output_ns = merged - started, executed - merged, finished - executed
         self.stats.record_execution(rows, input_ns, infer_ns, output_ns)
         queue_ns = sum(started - p.enqueued_ns for p in batch) // len(batch)

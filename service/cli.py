@@ -20,11 +20,13 @@ from typer._click.core import ParameterSource
 
 from converters.cli import app as convert_app
 from loadtest.cli import app as loadtest_app
+from service.keys_cli import app as keys_app
 from service.settings import Settings
 
 app = typer.Typer(help="infergate: Triton-compatible inference gateway.", no_args_is_help=True)
 app.add_typer(convert_app, name="convert", help="Export trained models into a Triton repository.")
 app.add_typer(loadtest_app, name="loadtest", help="Locust capacity tests against a v2 server.")
+app.add_typer(keys_app, name="keys", help="Manage API keys (create, list, revoke).")
 
 ENV_PREFIX = str(Settings.model_config.get("env_prefix", ""))
 # Flags kept from before the flags were generated, beside each field's own ``--kebab-case``.

@@ -14,6 +14,7 @@ import time
 from tritonclient.grpc import model_config_pb2
 
 from service import __version__
+from service.admission import Admission
 from service.batching import DynamicBatcher, Outputs
 from service.cache import ResponseCache
 from service.errors import BadRequest, InferenceError, NotFound
@@ -58,6 +59,7 @@ class DataPlane:
             make_source(settings), settings, self._attach, self._detach
         )
         self.cache: ResponseCache | None = None
+        self.admission = Admission(settings)
         self._started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -71,6 +73,7 @@ class DataPlane:
         await self.repository.close()
         if self.cache is not None:
             await self.cache.close()
+        await self.admission.close()
 
     def _attach(self, model: ModelVersion) -> None:
         model.scheduler = DynamicBatcher(model, model.stats, self.settings)
@@ -170,11 +173,13 @@ class DataPlane:
         try:
             if is_text_request(model, request):
                 texts = request_texts(model, request)
+                await self.admission.admit_infer(model.name, len(texts))
                 truncate = truncate_parameter(request.parameters.get("truncate"))
                 items = await self._tokenize(model, texts, truncate)
                 outputs, names = await self._item_outputs(model, request, items)
             else:
                 admitted = validate(model, request, self.settings.max_tensor_elements)
+                await self.admission.admit_infer(model.name, admitted.rows)
                 outputs = await self._outputs(model, request, admitted)
                 names = admitted.output_names
         except InferenceError:
@@ -191,6 +196,7 @@ class DataPlane:
         model = self.repository.get(request.model_name, request.model_version)
         try:
             tokenizer = tokenizer_of(model)
+            await self.admission.admit_infer(model.name, len(request.items))
             texts = [item for item in request.items if isinstance(item, str)]
             arrays = [item for item in request.items if isinstance(item, list)]
             if arrays:

@@ -59,6 +59,33 @@ class BadRequest(
     """The request cannot be served as sent."""
 
 
+class Unauthenticated(
+    InferenceError,
+    http=401,
+    grpc_code=grpc.StatusCode.UNAUTHENTICATED,
+    openai_type="authentication_error",
+):
+    """No API key, or one the server does not know."""
+
+
+class PermissionDenied(
+    InferenceError,
+    http=403,
+    grpc_code=grpc.StatusCode.PERMISSION_DENIED,
+    openai_type="permission_error",
+):
+    """A known key without the scope, model or restricted-API header the request needs."""
+
+
+class RateLimited(
+    InferenceError,
+    http=429,
+    grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+    openai_type="rate_limit_error",
+):
+    """The key's request or row budget is spent for now; ``retry_after_s`` says for how long."""
+
+
 class NotFound(
     InferenceError,
     http=404,

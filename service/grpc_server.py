@@ -18,8 +18,10 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from service.auth_grpc import interceptors
 from service.errors import as_inference_error
 from service.grpc_codec import decode_request, encode_response, parameters_to_dict
+from service.tls import grpc_credentials
 
 if TYPE_CHECKING:
     from service.dataplane import DataPlane
@@ -258,14 +260,20 @@ async def start_grpc_server(
     if settings.grpc_port == 0:
         return None
     server = grpc.aio.server(
-        options=server_options(settings), maximum_concurrent_rpcs=settings.max_connections
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_connections,
+        interceptors=interceptors(dataplane.admission.grpc),
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dataplane, settings), server
     )
     address = bind_address(settings.host, settings.grpc_port)
     try:
-        port = server.add_insecure_port(address)
+        credentials = grpc_credentials(settings)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise OSError(f"cannot bind gRPC server to {address}: {exc}") from exc
     if port == 0:

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from service import openai, rest_schema
+from service.auth_http import App, protect
 from service.errors import (
     BadRequest,
     InferenceError,
@@ -249,8 +250,15 @@ async def _optional_json(request: Request) -> JsonObject:
     return parse_json_object(body) if body else {}
 
 
-def build_app(dataplane: DataPlane) -> InferEndpoint:
-    """The ASGI application: infer hot path + FastAPI for the rest of the v2 API."""
+async def _send_error(send: Send, error: InferenceError) -> None:
+    await _send(send, *error_response(error))
+
+
+def build_app(dataplane: DataPlane, connection_count: Callable[[], int] | None = None) -> App:
+    """The ASGI application: infer hot path + FastAPI for the rest of the v2 API.
+
+    ``connection_count`` (open connections, from the server that runs the app) enables the
+    connection cap."""
     api = FastAPI(title="infergate", version="0.1.0", docs_url="/docs", openapi_url="/openapi.json")
     for error_type in (InferenceError, HTTPException, RequestValidationError, Exception):
         api.add_exception_handler(error_type, _render_error)
@@ -336,4 +344,6 @@ def build_app(dataplane: DataPlane) -> InferEndpoint:
     async def metrics() -> Response:
         return Response(dataplane.metrics(), media_type=CONTENT_TYPE_LATEST)
 
-    return InferEndpoint(dataplane, api)
+    endpoint = InferEndpoint(dataplane, api)
+    endpoint.connection_count = connection_count
+    return protect(endpoint, dataplane.admission.http, _send_error)

@@ -19,6 +19,7 @@ from service.dataplane import DataPlane
 from service.http_protocol import with_read_timeout
 from service.rest import build_app
 from service.settings import Settings
+from service.tls import uvicorn_options
 
 log = logging.getLogger("infergate")
 
@@ -89,7 +90,8 @@ async def serve(settings: Settings) -> None:
             grpc_server, grpc_port = started
             log.info("gRPC listening on %s:%d", settings.host, grpc_port)
     http_socket = bind_http_socket(settings.host, settings.http_port)
-    app = build_app(dataplane)
+    # the server is created below; the cap asks it only while serving
+    app = build_app(dataplane, lambda: len(server.server_state.connections))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -106,9 +108,9 @@ async def serve(settings: Settings) -> None:
         # Per-request middleware and headers nobody asked for; a proxy in front sets its own.
         proxy_headers=False,
         server_header=False,
+        **uvicorn_options(settings),  # type: ignore[arg-type]
     )
     server = _Server(config)
-    app.connection_count = lambda: len(server.server_state.connections)
     # Long-lived objects (sessions, configs, modules) need no scanning, and a request allocates
     # many short-lived ones: fewer, cheaper collections keep p99 flat under load.
     gc.collect()

@@ -131,6 +131,62 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(
         default=1, description="Retry-After seconds sent with a 503 when queues are full"
     )
+    max_queue_wait_ms: float = Field(
+        default=5000.0,
+        description="shed (503 + Retry-After) a request whose predicted queue wait exceeds its "
+        "timeout, else the config's queue policy timeout, else this; 0 = never shed",
+    )
+
+    # --- security ----------------------------------------------------------------------------
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="JSON file of hashed API keys (made with 'infergate keys create'); "
+        "unset = no keys needed",
+    )
+    api_keys_reload_s: float = Field(
+        default=1.0, description="seconds between checks of the key file for changes"
+    )
+    auth_open_apis: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["health", "metrics"],
+        description="API groups served without a key (health, metadata, inference, "
+        "model-config, model-repository, statistics, metrics, ...)",
+    )
+    http_restricted_api: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Triton's GROUP[,GROUP]:HEADER=VALUE: REST groups that need that header",
+    )
+    grpc_restricted_protocol: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Triton's GROUP[,GROUP]:HEADER=VALUE: gRPC groups that need that metadata",
+    )
+    anonymous_requests_per_s: float = Field(
+        default=0.0,
+        description="infer requests/s without keys (shared through Redis when set); 0 = any",
+    )
+    anonymous_rows_per_s: float = Field(
+        default=0.0, description="infer rows/s allowed without keys; 0 = any"
+    )
+    rate_limit_burst_s: float = Field(
+        default=1.0, description="token bucket size, in seconds of a key's rate"
+    )
+    rate_limit_fail_open: bool = Field(
+        default=True,
+        description="when Redis is unreachable: limit with in-process buckets (open) or refuse "
+        "rate-limited keys with 503 (closed)",
+    )
+    rate_limit_redis_timeout_ms: float = Field(
+        default=100.0, description="Redis call timeout of the shared rate limiter"
+    )
+    audit_max_lines_per_s: int = Field(
+        default=20, description="audit log lines (admin actions, auth failures) per second"
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate chain: serve HTTPS and gRPC over TLS"
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of the cert")
+    tls_client_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle: require client certificates it signed (mTLS)"
+    )
 
     # --- cache -------------------------------------------------------------------------------
     redis_url: str | None = Field(
@@ -158,7 +214,15 @@ class Settings(BaseSettings):
         default=2.0, description="after Redis fails, seconds before it is tried again"
     )
 
-    @field_validator("triton_url", "execution_providers", "startup_models", mode="before")
+    @field_validator(
+        "triton_url",
+        "execution_providers",
+        "startup_models",
+        "auth_open_apis",
+        "http_restricted_api",
+        "grpc_restricted_protocol",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         """Accept ``a,b`` or ``a b`` from the environment as well as a real list."""

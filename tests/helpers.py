@@ -263,12 +263,14 @@ def start_gateway(
     env: dict[str, str] | None = None,
     timeout: float = WAIT_S,
     via_env: bool = False,
+    ready: Callable[[Gateway], bool] | None = None,
 ) -> Gateway:
     """Start ``infergate serve`` and wait until it reports ready.
 
     REST binds port 0 and the port comes from the ``HTTP listening on`` log line. gRPC cannot
     (its port 0 means "off"), so it gets a free port and a start that finds it taken is retried.
     ``via_env`` passes repository, host and ports as ``INFERGATE_*`` variables, not flags.
+    ``ready`` replaces the plain-HTTP readiness probe (e.g. for a gateway serving TLS).
     """
     handle, name = tempfile.mkstemp(prefix="infergate-", suffix=".log")
     os.close(handle)
@@ -292,7 +294,8 @@ def start_gateway(
     grpc_bound = int(grpc_match.group(1)) if grpc_match else 0
     gateway = Gateway(process, int(http_match.group(1)), grpc_bound, log_path, list(args))
     try:
-        wait_until(lambda: _ready(gateway), timeout, f"the gateway to be ready ({log_path})")
+        check = ready or _ready
+        wait_until(lambda: check(gateway), timeout, f"the gateway to be ready ({log_path})")
     except AssertionError:
         gateway.stop()
         raise

@@ -281,7 +281,14 @@ def test_a_client_that_hangs_up_is_dropped_from_the_queue(example_repo, tmp_path
     """
     shutil.copytree(example_repo / "minilm_embed", tmp_path / "minilm_embed")
     edit_config(tmp_path / "minilm_embed" / "config.pbtxt", one_instance_one_row)
-    server = start_gateway(tmp_path, "--no-batching", env={"INFERGATE_CACHE_ENABLED": "false"})
+    # no shedding by predicted wait: this test needs a deep queue
+    server = start_gateway(
+        tmp_path,
+        "--no-batching",
+        "--max-queue-wait-ms",
+        "0",
+        env={"INFERGATE_CACHE_ENABLED": "false"},
+    )
     seq = 256
     body = {
         "inputs": [
