@@ -19,10 +19,9 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from service import openai, rest_schema
+from service import openai, rest_routes, rest_schema
 from service.auth_http import App, protect
 from service.errors import (
     BadRequest,
@@ -34,10 +33,7 @@ from service.errors import (
     as_inference_error,
 )
 from service.memory import release_memory
-from service.protojson import message_to_json
-from service.rest_codec import decode_request, decompress, encode_response, parse_json_object
-from service.rest_v1 import decode_predict, encode_predict
-from service.types import JsonObject
+from service.rest_codec import decode_request, decompress, encode_response
 
 if TYPE_CHECKING:
     from service.dataplane import DataPlane
@@ -54,14 +50,6 @@ _JSON: Headers = [(b"content-type", b"application/json")]
 
 #: bodies larger than this are decoded in a worker thread, not on the event loop
 OFF_LOOP_BYTES = 1 << 20
-
-#: Triton extensions this server does not offer (and does not list in ``/v2``), by route prefix
-UNSUPPORTED = {
-    "systemsharedmemory": "system shared memory",
-    "cudasharedmemory": "CUDA shared memory",
-    "trace": "trace settings",
-    "logging": "log settings",
-}
 
 
 def error_response(error: InferenceError) -> tuple[int, Headers, bytes]:
@@ -229,10 +217,6 @@ async def _send(send: Send, status: int, headers: Headers, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _json(data: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
 async def _render_error(request: Request, exc: Exception) -> Response:
     route = f"{request.method} {request.url.path}"
     error = as_http_error(exc, route)
@@ -243,11 +227,6 @@ async def _render_error(request: Request, exc: Exception) -> Response:
     for name, value in headers:
         response.headers[name.decode()] = value.decode()
     return response
-
-
-async def _optional_json(request: Request) -> JsonObject:
-    body = await request.body()
-    return parse_json_object(body) if body else {}
 
 
 async def _send_error(send: Send, error: InferenceError) -> None:
@@ -264,86 +243,8 @@ def build_app(dataplane: DataPlane, connection_count: Callable[[], int] | None =
         api.add_exception_handler(error_type, _render_error)
     rest_schema.install(api)
 
-    def status(ok: bool, failed: int = 503) -> Response:
-        return Response(status_code=200 if ok else failed)
-
-    def per_model(suffix: str, endpoint: Callable[..., Awaitable[Response]]) -> None:
-        """``/v2/models/{model}<suffix>`` and its ``/versions/{version}`` twin."""
-        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            api.add_api_route(prefix + suffix, endpoint, methods=["GET"])
-
-    @api.get("/v2/health/live")
-    async def live() -> Response:
-        return status(dataplane.live())
-
-    @api.get("/v2/health/ready")
-    async def ready() -> Response:
-        return status(dataplane.ready())
-
-    @api.get("/v2")
-    async def server_metadata() -> Response:
-        return _json(dataplane.server_metadata())
-
-    @api.get("/v2/models/stats")  # before /v2/models/{model}, which would take "stats" as a name
-    async def all_stats() -> Response:
-        return _json(dataplane.model_statistics())
-
-    async def model_metadata(model: str, version: str = "") -> Response:
-        return _json(dataplane.model_metadata(model, version))
-
-    async def model_ready(model: str, version: str = "") -> Response:
-        return status(dataplane.model_ready(model, version), failed=400)
-
-    async def model_config(model: str, version: str = "") -> Response:
-        return _json(message_to_json(dataplane.model_config(model, version)))
-
-    async def model_stats(model: str, version: str = "") -> Response:
-        return _json(dataplane.model_statistics(model, version))
-
-    per_model("", model_metadata)
-    per_model("/ready", model_ready)
-    per_model("/config", model_config)
-    per_model("/stats", model_stats)
-
-    @api.post("/v2/repository/index")
-    async def repository_index(request: Request) -> Response:
-        ready_only = bool((await _optional_json(request)).get("ready"))
-        rows = await dataplane.repository_index()
-        return _json([row.to_json() for row in rows if not ready_only or row.state == "READY"])
-
-    @api.post("/v2/repository/models/{model}/load")
-    async def repository_load(model: str, request: Request) -> Response:
-        parameters = (await _optional_json(request)).get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise BadRequest("'parameters' must be an object")
-        await dataplane.load_model(model, parameters)
-        return _json({})
-
-    @api.post("/v2/repository/models/{model}/unload")
-    async def repository_unload(model: str) -> Response:
-        await dataplane.unload_model(model)
-        return _json({})
-
-    @api.post("/v1/models/{model}:predict")
-    async def v1_predict(model: str, request: Request) -> Response:
-        servable = dataplane.model(model)
-        response = await dataplane.infer(decode_predict(servable, await _optional_json(request)))
-        return _json(encode_predict(servable, response))
-
-    async def unsupported(request: Request) -> Response:
-        feature = UNSUPPORTED[request.url.path.split("/")[2]]
-        raise BadRequest(f"{feature} is not supported by this server")
-
-    for prefix in UNSUPPORTED:
-        for path in (f"/v2/{prefix}", f"/v2/{prefix}/{{rest:path}}"):
-            api.add_api_route(path, unsupported, methods=["GET", "POST"], include_in_schema=False)
-
+    rest_routes.mount(api, dataplane)
     openai.mount(api, dataplane)
-
-    @api.get("/metrics")
-    async def metrics() -> Response:
-        return Response(dataplane.metrics(), media_type=CONTENT_TYPE_LATEST)
-
     endpoint = InferEndpoint(dataplane, api)
     endpoint.connection_count = connection_count
     return protect(endpoint, dataplane.admission.http, _send_error)
