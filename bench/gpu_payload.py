@@ -169,7 +169,9 @@ def venv312(stand_in: list[str]) -> Path:
     """A 3.12 venv holding only what the GPU machine has (+ the CPU ORT stand-in)."""
     venv = WORK / "venv312"
     python = venv / "bin" / "python"
-    if not (venv / ".complete").is_file():
+    wanted = " ".join([*ON_THE_MACHINE, *stand_in, "-", *MISSING])  # a changed list rebuilds
+    done = venv / ".complete"
+    if not done.is_file() or done.read_text() != wanted:
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([PYTHON312, "-m", "venv", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "-q"]
@@ -177,7 +179,7 @@ def venv312(stand_in: list[str]) -> Path:
         # What those pulled in from the payload's list goes again: the GPU machine lacks it, so
         # only the payload's ``site`` may provide it, or the dry run proves nothing.
         subprocess.run([*pip, "uninstall", "-y", *MISSING], check=True, capture_output=True)
-        (venv / ".complete").write_text("ok")
+        done.write_text(wanted)
     return python
 
 
