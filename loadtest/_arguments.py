@@ -11,74 +11,42 @@ from locust import events
 
 from loadtest._options import PROTOCOLS
 
+# (flag, type, default, help, extra argparse keywords): options also shown in the web UI
+_WEB_OPTIONS: list[tuple[str, type, object, str, dict[str, Any]]] = [
+    ("--model", str, "", "Model(s) to load, comma-separated; empty = every READY model", {}),
+    ("--rows", int, 1, "Rows (batch size) per request", {}),
+    ("--seq-len", int, 16, "Size used for dynamic non-batch dims", {}),
+    ("--hit-ratio", float, 0.5, "CacheMixUser: share of repeated inputs", {}),
+    ("--pool-size", int, 32, "CacheMixUser: number of repeated inputs", {}),
+    ("--protocol", str, "json", "Wire format of CacheMixUser and EmbeddingUser",
+     {"choices": PROTOCOLS}),
+    ("--grpc-host", str, "", "HOST:PORT of the gRPC endpoint; default --host's :8001", {}),
+    ("--embed-model", str, "minilm_embed", "EmbeddingUser's model", {}),
+    ("--min-tokens", int, 8, "EmbeddingUser: shortest text", {}),
+    ("--max-tokens", int, 64, "EmbeddingUser: longest text", {}),
+    ("--model-repo", str, "", "Local model repository for reference checks", {}),
+    ("--check-fraction", float, 0.05,
+     "Share of responses compared with a local ONNX Runtime run (needs --model-repo)", {}),
+    ("--tolerance", float, 1e-3, "atol and rtol of reference checks", {}),
+    ("--think-time-ms", float, 0.0, "Pause between a user's requests", {}),
+]  # fmt: skip
+_STEP_OPTIONS: list[tuple[str, type, object, str]] = [
+    ("--step-users", str, "",
+     "Step shape: user counts, e.g. 1,8,32 (the shape is only loaded when this is given)"),
+    ("--step-duration", float, 30.0, "Seconds per step"),
+    ("--step-spawn-rate", float, 0.0, "Users/s within a step; 0 = at once"),
+    ("--step-report", str, "", "Write per-step statistics to this JSON"),
+]  # fmt: skip
+
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
-    web: dict[str, Any] = {"include_in_web_ui": True}
-    parser.add_argument(
-        "--model",
-        default="",
-        help="Model(s) to load, comma-separated; empty = every READY model",
-        **web,
-    )
-    parser.add_argument("--rows", type=int, default=1, help="Rows (batch size) per request", **web)
-    parser.add_argument(
-        "--seq-len", type=int, default=16, help="Size used for dynamic non-batch dims", **web
-    )
-    parser.add_argument(
-        "--hit-ratio", type=float, default=0.5, help="CacheMixUser: share of repeated inputs", **web
-    )
-    parser.add_argument(
-        "--pool-size", type=int, default=32, help="CacheMixUser: number of repeated inputs", **web
-    )
-    parser.add_argument(
-        "--protocol",
-        default="json",
-        choices=PROTOCOLS,
-        help="Wire format of CacheMixUser and EmbeddingUser",
-        **web,
-    )
-    parser.add_argument(
-        "--grpc-host",
-        default="",
-        help="HOST:PORT of the gRPC endpoint; default --host's :8001",
-        **web,
-    )
-    parser.add_argument(
-        "--embed-model", default="minilm_embed", help="EmbeddingUser's model", **web
-    )
-    parser.add_argument(
-        "--min-tokens", type=int, default=8, help="EmbeddingUser: shortest text", **web
-    )
-    parser.add_argument(
-        "--max-tokens", type=int, default=64, help="EmbeddingUser: longest text", **web
-    )
-    parser.add_argument(
-        "--model-repo", default="", help="Local model repository for reference checks", **web
-    )
-    parser.add_argument(
-        "--check-fraction",
-        type=float,
-        default=0.05,
-        help="Share of responses compared with a local ONNX Runtime run (needs --model-repo)",
-        **web,
-    )
-    parser.add_argument(
-        "--tolerance", type=float, default=1e-3, help="atol and rtol of reference checks", **web
-    )
-    parser.add_argument(
-        "--think-time-ms", type=float, default=0.0, help="Pause between a user's requests", **web
-    )
-    parser.add_argument(
-        "--step-users",
-        default="",
-        help="Step shape: user counts, e.g. 1,8,32 (the shape is only loaded when this is given)",
-    )
-    parser.add_argument("--step-duration", type=float, default=30.0, help="Seconds per step")
-    parser.add_argument(
-        "--step-spawn-rate", type=float, default=0.0, help="Users/s within a step; 0 = at once"
-    )
-    parser.add_argument("--step-report", default="", help="Write per-step statistics to this JSON")
+    for flag, kind, default, help_text, extra in _WEB_OPTIONS:
+        parser.add_argument(
+            flag, type=kind, default=default, help=help_text, include_in_web_ui=True, **extra
+        )
+    for flag, kind, default, help_text in _STEP_OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=help_text)
 
 
 @events.init.add_listener
