@@ -100,6 +100,7 @@ class DynamicBatcher:
         self.max_wait_us = int(settings.max_queue_wait_ms * 1000)
         self.closed = False
         self._wakeup = asyncio.Event()
+        self._settled = asyncio.Event()  # set whenever requests leave the queue or a batch ends
         self._running: set[asyncio.Task[None]] = set()
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"batcher-{model.name}"
@@ -163,7 +164,8 @@ class DynamicBatcher:
         """Stop taking requests, finish the queued and running ones, then stop the loop."""
         self.closed = True
         while self.queued or self.in_flight:
-            await asyncio.sleep(0.005)
+            self._settled.clear()
+            await self._settled.wait()
         self._task.cancel()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -176,6 +178,7 @@ class DynamicBatcher:
             if self.in_flight and self.delay_ns and self.queued_rows < self.target_rows:
                 await self._wait_for_rows()
             batch = self._take()
+            self._settled.set()  # what was taken (or dropped) left the queue
             if batch:
                 self.in_flight += 1
                 self.running_requests += len(batch)
@@ -313,6 +316,7 @@ class DynamicBatcher:
             self.running_rows -= sum(pending.rows for pending in batch)
             self.wait.publish(self.queued_rows + self.running_rows)
             self._wakeup.set()
+            self._settled.set()
 
     def _client_error(self, exc: Exception) -> InferenceError:
         if isinstance(exc, InferenceError):
