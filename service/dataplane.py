@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from service import __version__
@@ -142,18 +143,39 @@ class DataPlane:
         return await self.repository.index()
 
     async def load_model(self, name: str, parameters: Parameters | None = None) -> None:
-        """Triton's repository extension: only in explicit mode, without config overrides."""
+        """Triton's repository extension: only in explicit mode; a ``config`` parameter (JSON of
+        a model configuration) replaces config.pbtxt for this load, as on Triton."""
         self._check_model_control(name)
-        overrides = sorted(key for key in parameters or {} if key == "config" or "file:" in key)
-        if overrides:
-            raise BadRequest(
-                "loading with a config or file override is not supported by this server "
-                f"(got {', '.join(overrides)}); edit the model's config.pbtxt instead"
-            )
-        await self.repository.load(name)
+        override = self._config_override(name, parameters or {})
+        await self.repository.load(name, override)
         failure = self.repository.failure(name)
         if failure:
             raise BadRequest(f"failed to load '{name}': {failure}")
+
+    def _config_override(
+        self, name: str, parameters: Parameters
+    ) -> model_config_pb2.ModelConfig | None:
+        files = sorted(key for key in parameters if key.startswith("file:"))
+        if files:
+            raise BadRequest(
+                f"failed to load '{name}': file overrides ({', '.join(files)}) are not supported "
+                "by this server; put the files in the model repository"
+            )
+        text = parameters.get("config")
+        if text is None:
+            return None
+        if self.settings.backend == "triton":
+            raise BadRequest(
+                f"failed to load '{name}': with --backend triton, load config overrides on Triton"
+            )
+        if not isinstance(text, str):
+            raise BadRequest(f"failed to load '{name}': 'config' must be a JSON string")
+        try:
+            return json_format.Parse(text, model_config_pb2.ModelConfig())
+        except json_format.ParseError as exc:
+            raise BadRequest(
+                f"failed to load '{name}': the config override is invalid: {exc}"
+            ) from exc
 
     async def unload_model(self, name: str) -> None:
         self._check_model_control(name)

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from tritonclient.grpc.model_config_pb2 import ModelConfig
+
 from service.errors import NotFound, Unavailable
 from service.model import ModelState, ModelVersion
 from service.settings import Settings
@@ -139,8 +141,9 @@ class ModelRepository:
                 rows.append(IndexRow(name, entry.state, version, entry.reason))
         return rows
 
-    async def load(self, name: str) -> None:
-        """Load (or reload) every servable version of ``name``."""
+    async def load(self, name: str, override: ModelConfig | None = None) -> None:
+        """Load (or reload) every servable version of ``name`` (with ``override`` in place of its
+        config.pbtxt, when given)."""
         async with self._lock:
             if name not in await self.source.model_names():
                 raise NotFound(f"failed to load '{name}': not in the repository")
@@ -149,7 +152,7 @@ class ModelRepository:
             if not entry.versions:  # LOADING until sessions exist and warmup ran
                 entry.state, entry.reason = ModelState.LOADING, ""
             try:
-                loaded = await self.source.load(name)
+                loaded = await self.source.load(name, override)
                 fresh = {
                     version: ModelVersion(
                         name, version, config, backend, self.source.tokenizer(name, version)

@@ -57,8 +57,11 @@ class ModelSource(ABC):
         """Names of every model the source holds (loaded or not)."""
 
     @abstractmethod
-    async def load(self, name: str) -> LoadedVersions:
-        """Create a backend for each servable version; raise ValueError with the reason."""
+    async def load(
+        self, name: str, override: model_config_pb2.ModelConfig | None = None
+    ) -> LoadedVersions:
+        """Create a backend for each servable version; raise ValueError with the reason.
+        ``override`` replaces the model's own config, as Triton's load with a config does."""
 
     def stamp(self, name: str) -> int:
         """Changes whenever the model's files change (poll mode reloads on a change)."""
@@ -90,8 +93,10 @@ class LocalOnnxSource(ModelSource):
             if not p.parent.name.startswith(".")
         )
 
-    async def load(self, name: str) -> LoadedVersions:
-        return await asyncio.to_thread(self._load_sync, name)
+    async def load(
+        self, name: str, override: model_config_pb2.ModelConfig | None = None
+    ) -> LoadedVersions:
+        return await asyncio.to_thread(self._load_sync, name, override)
 
     def stamp(self, name: str) -> int:
         """Changes when any file under the model's folder is added, removed, resized or touched."""
@@ -104,17 +109,23 @@ class LocalOnnxSource(ModelSource):
     def tokenizer(self, name: str, version: str) -> TextTokenizer | None:
         return self._tokenizers.get((name, version))
 
-    def _load_sync(self, name: str) -> LoadedVersions:
-        from service.backends.onnxruntime import OnnxRuntimeBackend
-
-        folder = self.root / name
+    @staticmethod
+    def _config(folder: Path) -> model_config_pb2.ModelConfig:
         config_path = folder / "config.pbtxt"
         if not config_path.is_file():
             raise ValueError(f"no config.pbtxt in {folder}")
         try:
-            base = parse_config(config_path)
+            return parse_config(config_path)
         except text_format.ParseError as exc:
             raise ValueError(f"config.pbtxt does not parse: {exc}") from exc
+
+    def _load_sync(
+        self, name: str, override: model_config_pb2.ModelConfig | None = None
+    ) -> LoadedVersions:
+        from service.backends.onnxruntime import OnnxRuntimeBackend
+
+        folder = self.root / name
+        base = self._config(folder) if override is None else _named(override, name)
         if base.platform not in ("", "onnxruntime_onnx") and base.backend not in ("onnxruntime",):
             raise ValueError(
                 f"platform '{base.platform or base.backend}' is not served by the embedded "
@@ -140,6 +151,16 @@ class LocalOnnxSource(ModelSource):
             self._tokenizers[(name, str(version))] = tokenizer
             loaded[str(version)] = (config, backend)
         return loaded
+
+
+def _named(override: model_config_pb2.ModelConfig, name: str) -> model_config_pb2.ModelConfig:
+    """A config override for ``name``: its name defaults to the model's, as config.pbtxt's does."""
+    config = model_config_pb2.ModelConfig()
+    config.CopyFrom(override)
+    if config.name and config.name != name:
+        raise ValueError(f"the config override names model '{config.name}', not '{name}'")
+    config.name = name
+    return config
 
 
 def _complete_sequence_limit(config: model_config_pb2.ModelConfig, model_path: Path) -> None:
@@ -203,7 +224,11 @@ class TritonSource(ModelSource):
             self._names = sorted({row["name"] for r in pool.healthy() for row in r.index})
         return list(self._names)
 
-    async def load(self, name: str) -> LoadedVersions:
+    async def load(
+        self, name: str, override: model_config_pb2.ModelConfig | None = None
+    ) -> LoadedVersions:
+        if override is not None:  # the data plane refuses it first; Triton holds the configs
+            raise ValueError("config overrides are loaded by Triton itself, not the gateway")
         pool = await self._started()
         versions = sorted(
             {

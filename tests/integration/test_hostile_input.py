@@ -219,10 +219,21 @@ def test_explicit_mode_readiness_and_config_overrides(example_repo: Path, tmp_pa
         assert httpx.post(f"{base}/v2/repository/models/nosuchmodel/load").status_code == 404
         assert httpx.post(f"{base}/v2/repository/models/cancer_gbt/unload").status_code == 200
         assert httpx.get(f"{base}/v2/health/ready").status_code == 200  # unloaded: not counted
+        load = f"{base}/v2/repository/models/digits_mlp/load"
+        bad = httpx.post(load, json={"parameters": {"config": '{"max_batch_size": "x"}'}})
+        assert bad.status_code == 400 and "failed to load 'digits_mlp'" in bad.json()["error"]
+        files = httpx.post(load, json={"parameters": {"file:1/model.onnx": "AAAA"}})
+        assert files.status_code == 400 and "file overrides" in files.json()["error"]
+        serves(server)  # neither changed the served model
+        # Triton's semantics: the JSON config replaces config.pbtxt for this load; what it
+        # leaves out (inputs, outputs) is completed from the graph
         override = {"parameters": {"config": json.dumps({"max_batch_size": 4})}}
-        answer = httpx.post(f"{base}/v2/repository/models/digits_mlp/load", json=override)
-        assert answer.status_code == 400
-        assert "config or file override is not supported" in answer.json()["error"]
+        assert httpx.post(load, json=override).status_code == 200
+        config = httpx.get(f"{base}/v2/models/digits_mlp/config").json()
+        assert config["max_batch_size"] == 4 and config["input"][0]["dims"] == [64]
+        too_many = {"inputs": [{**GOOD["inputs"][0], "shape": [5, 64], "data": [0.5] * 320}]}
+        refused = httpx.post(f"{base}/v2/models/digits_mlp/infer", json=too_many)
+        assert refused.status_code == 400 and "batch-size must be <= 4" in refused.json()["error"]
         serves(server)
     finally:
         server.stop()
