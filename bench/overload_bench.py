@@ -1,0 +1,114 @@
+"""Overload with and without shedding by predicted wait, side by side (not a test).
+
+The pattern from the security/admission issue: N clients at once, each sending 2 requests of
+8 x 128 MiniLM tokens (version 1, result cache off), against ``infergate serve`` with the default
+budget (``INFERGATE_MAX_QUEUE_WAIT_MS`` 5000) and with shedding off (0). Reports statuses,
+accepted p50/p99, how fast rejects were answered, accepted throughput and the gateway's RSS.
+
+    .venv/bin/python bench/overload_bench.py [--clients 300] [--out bench/results/overload.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import start_gateway  # noqa: E402
+
+
+def body(rows: int = 8, tokens: int = 128) -> bytes:
+    ids = np.random.default_rng(0).integers(1000, 5000, size=(rows, tokens)).tolist()
+    ones = [[1] * tokens for _ in range(rows)]
+    zeros = [[0] * tokens for _ in range(rows)]
+    inputs = [
+        {"name": name, "shape": [rows, tokens], "datatype": "INT64", "data": data}
+        for name, data in (("input_ids", ids), ("attention_mask", ones), ("token_type_ids", zeros))
+    ]
+    return json.dumps({"inputs": inputs, "parameters": {"cache": False}}).encode()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def burst(url: str, payload: bytes, clients: int) -> list[tuple[int, float]]:
+    """Every client's two answers as (status, seconds); status 0 = no answer within 10 min."""
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+        async def one_client() -> list[tuple[int, float]]:
+            answers = []
+            for _ in range(2):
+                started = time.perf_counter()
+                try:
+                    status = (await client.post(url, content=payload)).status_code
+                except httpx.TimeoutException:
+                    status = 0
+                answers.append((status, time.perf_counter() - started))
+            return answers
+
+        results = await asyncio.gather(*(one_client() for _ in range(clients)))
+    return [answer for answers in results for answer in answers]
+
+
+def run(repo: Path, clients: int, budget_ms: int) -> dict[str, object]:
+    gateway = start_gateway(repo, env={"INFERGATE_MAX_QUEUE_WAIT_MS": str(budget_ms)})
+    try:
+        url = f"{gateway.base_url}/v2/models/minilm_embed/versions/1/infer"
+        payload = body()
+        asyncio.run(burst(url, payload, 4))  # warm up, and give the estimator a throughput
+        started = time.perf_counter()
+        answers = asyncio.run(burst(url, payload, clients))
+        wall = time.perf_counter() - started
+        accepted = sorted(seconds for status, seconds in answers if status == 200)
+        rejected = sorted(seconds for status, seconds in answers if status != 200)
+        statuses: dict[str, int] = {}
+        for status, _ in answers:
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+        return {
+            "budget_ms": budget_ms,
+            "statuses": statuses,
+            "wall_s": round(wall, 2),
+            "accepted_per_s": round(len(accepted) / wall, 2),
+            "accepted_p50_s": round(statistics.median(accepted), 3) if accepted else None,
+            "accepted_p99_s": round(accepted[int(0.99 * (len(accepted) - 1))], 3)
+            if accepted
+            else None,
+            "rejected_max_ms": round(1000 * max(rejected), 1) if rejected else None,
+            "rejected_p50_ms": round(1000 * statistics.median(rejected), 1) if rejected else None,
+            "rss_mib_after": round(rss_mib(gateway.process.pid), 1),
+        }
+    finally:
+        gateway.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, default=ROOT / "model_repo")
+    parser.add_argument("--clients", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overload.json")
+    args = parser.parse_args()
+    results = [run(args.repo, args.clients, 5000), run(args.repo, args.clients, 0)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    for result in results:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
