@@ -7,9 +7,12 @@ User, so heavy imports (locust, matplotlib) happen inside the commands.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from loadtest._capacity import RunConfig
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -47,26 +50,14 @@ def run(
 
     Exit status: 0 with a capacity, 1 when no step met the SLO, 2 when Locust could not run.
     """
-    from dataclasses import fields
-
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from loadtest._capacity import CapacityRunError, RunConfig, run_capacity, user_steps
+    from loadtest._capacity import CapacityRunError, run_capacity
     from loadtest._report import render_markdown
 
-    try:
-        steps = user_steps(users, max_users, step)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-    # The options carry RunConfig's field names; only these three change shape on the way.
-    given = {
-        **ctx.params,
-        "users": steps,
-        "user_classes": user_class or ["RestJsonUser"],
-        "locust_args": locust_arg or [],
-    }
-    config = RunConfig(**{field.name: given[field.name] for field in fields(RunConfig)})
+    config = _run_config(ctx.params)
+    steps = config.users
     console = Console()
     console.print(f"Locust: {len(steps)} steps {steps} x {duration:g}s against {host} ...")
     try:
@@ -78,6 +69,25 @@ def run(
     console.print(f"Report, plots, CSV and HTML in {out}/")
     if report.capacity is None:
         raise typer.Exit(1)
+
+
+def _run_config(params: dict[str, Any]) -> RunConfig:
+    """The options carry RunConfig's field names; only these three change shape on the way."""
+    from dataclasses import fields
+
+    from loadtest._capacity import RunConfig, user_steps
+
+    try:
+        steps = user_steps(params["users"], params["max_users"], params["step"])
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    given = {
+        **params,
+        "users": steps,
+        "user_classes": params["user_class"] or ["RestJsonUser"],
+        "locust_args": params["locust_arg"] or [],
+    }
+    return RunConfig(**{field.name: given[field.name] for field in fields(RunConfig)})
 
 
 @app.command()
