@@ -102,7 +102,11 @@ async def test_higher_priority_runs_first_and_unknown_levels_are_refused() -> No
 
 async def test_queue_timeout_from_the_config_policy() -> None:
     def one_ms_policy(config: model_config_pb2.ModelConfig) -> None:
-        policy = config.dynamic_batching.default_queue_policy
+        # level 1 has no timeout, so the request that keeps the backend busy cannot expire
+        # however slow the machine; level 2's policy gives 1 ms and allows no override
+        config.dynamic_batching.priority_levels = 2
+        config.dynamic_batching.default_priority_level = 1
+        policy = config.dynamic_batching.priority_queue_policy[2]
         policy.default_timeout_microseconds = 1000
         policy.allow_timeout_override = False
 
@@ -110,8 +114,8 @@ async def test_queue_timeout_from_the_config_policy() -> None:
     batcher = gated_batcher(backend, one_ms_policy)
     first = submit(batcher)
     await _busy(backend)
-    late = submit(batcher, timeout_us=10**9)  # no override allowed: 1 ms still applies
-    deadline = batcher.queues[0][0].deadline_ns
+    late = submit(batcher, priority=2, timeout_us=10**9)  # no override: 1 ms still applies
+    deadline = batcher.queues[1][0].deadline_ns
     assert deadline
     before = _rejected("timeout")
     await wait_until_async(
