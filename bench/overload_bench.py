@@ -2,8 +2,9 @@
 
 The pattern from the security/admission issue: N clients at once, twice (each client's 2
 requests), each request 8 x 128 MiniLM tokens (version 1, result cache off), against
-``infergate serve`` with the default budget (``INFERGATE_MAX_QUEUE_WAIT_MS`` 5000) and with shedding off (0). Reports statuses,
-accepted p50/p99, how fast rejects were answered, accepted throughput and the gateway's RSS.
+``infergate serve`` with the default budget (``INFERGATE_MAX_QUEUE_WAIT_MS`` 5000) and with
+shedding off (0). Reports statuses, accepted p50/p99, how fast rejects were answered, accepted
+throughput and the gateway's RSS.
 
     .venv/bin/python bench/overload_bench.py [--clients 300] [--out bench/results/overload.json]
 """
