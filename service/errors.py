@@ -30,6 +30,8 @@ class InferenceError(Exception):
         super().__init_subclass__()
         if http is not None:
             cls.http_status = http
+            # OpenAI's type follows from the status unless the class names another
+            cls.openai_type = "invalid_request_error" if 400 <= http < 500 else "server_error"
         if grpc_code is not None:
             cls.grpc_code = grpc_code
         if openai_type is not None:
@@ -50,12 +52,7 @@ class InferenceError(Exception):
         self.code = code
 
 
-class BadRequest(
-    InferenceError,
-    http=400,
-    grpc_code=grpc.StatusCode.INVALID_ARGUMENT,
-    openai_type="invalid_request_error",
-):
+class BadRequest(InferenceError, http=400, grpc_code=grpc.StatusCode.INVALID_ARGUMENT):
     """The request cannot be served as sent."""
 
 
@@ -86,30 +83,15 @@ class RateLimited(
     """The key's request or row budget is spent for now; ``retry_after_s`` says for how long."""
 
 
-class NotFound(
-    InferenceError,
-    http=404,
-    grpc_code=grpc.StatusCode.NOT_FOUND,
-    openai_type="invalid_request_error",
-):
+class NotFound(InferenceError, http=404, grpc_code=grpc.StatusCode.NOT_FOUND):
     """Unknown model, version or endpoint."""
 
 
-class MethodNotAllowed(
-    InferenceError,
-    http=405,
-    grpc_code=grpc.StatusCode.UNIMPLEMENTED,
-    openai_type="invalid_request_error",
-):
+class MethodNotAllowed(InferenceError, http=405, grpc_code=grpc.StatusCode.UNIMPLEMENTED):
     """A known endpoint asked with the wrong HTTP method."""
 
 
-class PayloadTooLarge(
-    InferenceError,
-    http=413,
-    grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED,
-    openai_type="invalid_request_error",
-):
+class PayloadTooLarge(InferenceError, http=413, grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED):
     """The body (or its inflated form) is over the configured limit."""
 
 
