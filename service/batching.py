@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2
@@ -63,6 +64,27 @@ class _QueuePolicy:
             or int(settings.default_timeout_ms * 1000),
             allow_override=policy.allow_timeout_override or not policy.default_timeout_microseconds,
         )
+
+
+class Scheduler(Protocol):
+    """Where the data plane hands validated requests: a batcher here, or the executor's."""
+
+    @property
+    def pending(self) -> int: ...
+
+    def submit(
+        self,
+        inputs: Tensors,
+        rows: int,
+        signature: tuple[object, ...],
+        priority: int = 0,
+        timeout_us: int = 0,
+        client_gone: Callable[[], bool] | None = None,
+        tokens: int = 0,
+        key: str | None = None,
+    ) -> asyncio.Future[Outputs]: ...
+
+    async def close(self) -> None: ...
 
 
 class DynamicBatcher:
@@ -116,9 +138,12 @@ class DynamicBatcher:
         timeout_us: int = 0,
         client_gone: Callable[[], bool] | None = None,
         tokens: int = 0,
+        key: str | None = None,
     ) -> asyncio.Future[Outputs]:
         """Enqueue a validated request; the future resolves to its own rows of the outputs.
-        ``tokens``: the padded sequence length of its rows, counted against the token budget."""
+        ``tokens``: the padded sequence length of its rows, counted against the token budget.
+        ``key`` (the request's cache key) matters only to a remote scheduler: in-process, the
+        response cache already coalesced identical requests."""
         if self.closed:
             raise Unavailable(
                 f"model '{self.model.name}' version {self.model.version} is unloading"

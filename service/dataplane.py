@@ -19,6 +19,7 @@ from service.admission import Admission
 from service.batching import DynamicBatcher, Outputs
 from service.cache import ResponseCache
 from service.errors import BadRequest, InferenceError, NotFound
+from service.metrics import ModelCounters, registry_text
 from service.metrics import render as render_metrics
 from service.model import ModelVersion
 from service.protocol.text import (
@@ -30,7 +31,7 @@ from service.protocol.text import (
     tokenizer_of,
 )
 from service.protocol.validation import Admitted, validate
-from service.repository import IndexRow, ModelRepository
+from service.repository import IndexRow, ModelRepository, RepositoryView
 from service.settings import Settings
 from service.sources import make_source
 from service.tokenize import TokenizedItem, truncate_parameter
@@ -54,9 +55,12 @@ EXTENSIONS = [
 
 
 class DataPlane:
-    def __init__(self, settings: Settings) -> None:
+    """``repository``: where models live; by default this process's own (models, batchers and
+    sessions here); a front-end worker passes its mirror of the executor's."""
+
+    def __init__(self, settings: Settings, repository: RepositoryView | None = None) -> None:
         self.settings = settings
-        self.repository = ModelRepository(
+        self.repository = repository or ModelRepository(
             make_source(settings), settings, self._attach, self._detach
         )
         self.cache: ResponseCache | None = None
@@ -111,29 +115,25 @@ class DataPlane:
     def model_config(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
         return self.repository.get(name, version).config
 
-    def metrics(self) -> bytes:
+    async def metrics(self) -> bytes:
         """Prometheus exposition: Triton's per-model families plus the gateway's own."""
-        return render_metrics(
+        return render_metrics(self.local_counters(), registry_text())
+
+    async def model_statistics(self, name: str = "", version: str = "") -> JsonObject:
+        return self.local_statistics(name, version)
+
+    def local_counters(self) -> list[ModelCounters]:
+        """This process's counters of every loaded version (its queues' pending requests)."""
+        return [
             model.stats.counters(self._cache_stats(model), model.scheduler.pending)
-            for model in self._loaded()
-        )
+            for model in self.repository.select()
+        ]
 
-    def model_statistics(self, name: str = "", version: str = "") -> JsonObject:
-        if name and version:
-            models = [self.repository.get(name, version)]
-        elif name:
-            self.repository.get(name)  # NotFound / Unavailable with the reason
-            models = list(self.repository.models[name].versions.values())
-        else:
-            models = self._loaded()
+    def local_statistics(self, name: str = "", version: str = "") -> JsonObject:
+        """What this process counted of the versions named (see RepositoryView.select)."""
+        models = self.repository.select(name, version)
         ordered = sorted(models, key=lambda m: (m.name, int(m.version)))
-        return {"model_stats": [self._stats_dict(model) for model in ordered]}
-
-    def _loaded(self) -> list[ModelVersion]:
-        return [m for entry in self.repository.models.values() for m in entry.versions.values()]
-
-    def _stats_dict(self, model: ModelVersion) -> JsonObject:
-        return model.stats.to_dict(self._cache_stats(model))
+        return {"model_stats": [model.stats.to_dict(self._cache_stats(model)) for model in ordered]}
 
     def _cache_stats(self, model: ModelVersion) -> dict[str, int] | None:
         return self.cache.stats(model.name, model.version) if self.cache else None
@@ -280,15 +280,16 @@ class DataPlane:
             return await _submit(model, request, admitted)
         key = cache.key(model.name, model.version, request, admitted.output_names)
         outputs, _ = await cache.get_or_compute(
-            key, model.name, model.version, lambda: _submit(model, request, admitted)
+            key, model.name, model.version, lambda: _submit(model, request, admitted, key)
         )
         return outputs
 
 
 def _submit(
-    model: ModelVersion, request: InferRequest, admitted: Admitted
+    model: ModelVersion, request: InferRequest, admitted: Admitted, key: str | None = None
 ) -> asyncio.Future[Outputs]:
-    """Hand a validated request to its model's batcher."""
+    """Hand a validated request to its model's batcher (``key``: its cache key, by which a
+    shared executor coalesces identical requests from several front ends)."""
     return model.scheduler.submit(
         request.inputs,
         admitted.rows,
@@ -297,4 +298,5 @@ def _submit(
         request.timeout_us,
         request.client_gone,
         admitted.tokens,
+        key,
     )

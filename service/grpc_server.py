@@ -225,14 +225,15 @@ async def _unimplemented(context: Any, feature: str) -> None:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{feature} is not supported by this server")
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Channel options: message size limits from settings; a port clash fails instead of sharing;
-    connections idle past the keep-alive time are closed, as REST's are."""
+def server_options(settings: Settings, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """Channel options: message size limits from settings; a port clash fails instead of sharing
+    (unless front-end workers share it: ``reuse_port``); connections idle past the keep-alive
+    time are closed, as REST's are."""
     limit = settings.grpc_max_message_bytes
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_connection_idle_ms", GRPC_IDLE_MS),
     ]
 
@@ -249,7 +250,7 @@ def bind_address(host: str, port: int) -> str:
 
 
 async def start_grpc_server(
-    dataplane: DataPlane, settings: Settings
+    dataplane: DataPlane, settings: Settings, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, int] | None:
     """Create, bind and start the gRPC server on ``settings.host:settings.grpc_port``.
 
@@ -260,7 +261,7 @@ async def start_grpc_server(
     if settings.grpc_port == 0:
         return None
     server = grpc.aio.server(
-        options=server_options(settings),
+        options=server_options(settings, reuse_port),
         maximum_concurrent_rpcs=settings.max_connections,
         interceptors=interceptors(dataplane.admission.grpc),
     )

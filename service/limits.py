@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import Counter
@@ -102,6 +102,9 @@ class RateLimiter:
         self.breaker = CircuitBreaker(
             threshold=3, reset_s=settings.cache_breaker_reset_s, clock=clock
         )
+        #: front-end workers decide in-process buckets in the executor, so a key's budget is
+        #: one budget however many workers its connections reach (None: here)
+        self.remote_buckets: Callable[[Principal, int], Awaitable[float]] | None = None
         self.redis: Any = None
         self._script: Any = None
         if settings.redis_url:
@@ -124,7 +127,10 @@ class RateLimiter:
             LIMITER_FALLBACKS.inc()
             if not self.fail_open:
                 raise Unavailable("rate limiter unavailable (Redis unreachable)", retry_after_s=1)
-            wait_s = self._take_local(principal, rows)
+            if self.remote_buckets is not None:
+                wait_s = await self.remote_buckets(principal, rows)
+            else:
+                wait_s = self.take_local(principal, rows)
         if wait_s > 0:
             RATE_LIMITED.labels(principal.label).inc()
             raise RateLimited(
@@ -162,7 +168,8 @@ class RateLimiter:
         self.breaker.success()
         return 0.0 if int(allowed) else int(wait_ms) / 1000
 
-    def _take_local(self, principal: Principal, rows: int) -> float:
+    def take_local(self, principal: Principal, rows: int) -> float:
+        """Take from this process's buckets; seconds to wait instead (0 = taken)."""
         rate_req, cap_req, cost_req, rate_rows, cap_rows, cost_rows = self._costs(principal, rows)
         wanted = [
             (self._bucket(principal.key_id, "requests", rate_req, cap_req), cost_req),

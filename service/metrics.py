@@ -12,7 +12,10 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from service import gpu_metrics
 
@@ -149,8 +152,9 @@ _TRITON_FAMILIES: list[tuple[str, str, str, str, int]] = [
 ]  # fmt: skip
 
 
-def render(model_counters: Iterable[ModelCounters]) -> bytes:
-    """Triton-named families from each version's counters, then prometheus-client's registry."""
+def render(model_counters: Iterable[ModelCounters], registry: bytes) -> bytes:
+    """Triton-named families from each version's counters, GPU gauges, then ``registry`` (the
+    exposition of prometheus-client's registry, this process's or every process's merged)."""
     stats = list(model_counters)
     lines: list[str] = []
     for name, kind, help_text, field, divisor in _TRITON_FAMILIES:
@@ -160,4 +164,75 @@ def render(model_counters: Iterable[ModelCounters]) -> bytes:
             value = int(getattr(entry, field)) // divisor
             lines.append(f'{name}{{model="{entry.model}",version="{entry.version}"}} {value}')
     lines.extend(gpu_metrics.render_lines(gpu_metrics.read_gpus()))
-    return ("\n".join(lines) + "\n").encode() + generate_latest()
+    return ("\n".join(lines) + "\n").encode() + registry
+
+
+def registry_text() -> bytes:
+    """This process's prometheus-client registry in the text exposition format."""
+    return generate_latest()
+
+
+def merge_counters(parts: Iterable[Iterable[ModelCounters]]) -> list[ModelCounters]:
+    """Several processes' counters summed per (model, version)."""
+    merged: dict[tuple[str, str], ModelCounters] = {}
+    for part in parts:
+        for entry in part:
+            key = (entry.model, entry.version)
+            known = merged.get(key)
+            if known is None:
+                merged[key] = entry
+                continue
+            sums = {
+                name: getattr(known, name) + getattr(entry, name)
+                for name in ModelCounters.__dataclass_fields__
+                if name not in ("model", "version")
+            }
+            merged[key] = ModelCounters(model=entry.model, version=entry.version, **sums)
+    return [merged[key] for key in sorted(merged)]
+
+
+#: per-process gauges that do not add up across processes: the largest is shown
+_NOT_SUMMED = frozenset({"process_start_time_seconds", "process_max_fds", "python_info"})
+
+
+def merge_exposition(texts: Iterable[bytes]) -> bytes:
+    """Several processes' registries as one exposition: samples with equal names and labels
+    summed (counters, histogram buckets, gauges such as queue depth or resident memory)."""
+    families: dict[str, Metric] = {}
+    values: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text.decode()):
+            known = families.setdefault(
+                family.name, Metric(family.name, family.documentation, family.type)
+            )
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue  # creation times do not add up; they are optional in the format
+                key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                if key not in values:
+                    known.samples.append(sample)
+                    values[key] = sample.value
+                elif sample.name in _NOT_SUMMED:
+                    values[key] = max(values[key], sample.value)
+                else:
+                    values[key] += sample.value
+    for family in families.values():
+        family.samples = [
+            sample._replace(
+                value=values[(family.name, sample.name, tuple(sorted(sample.labels.items())))]
+            )
+            for sample in family.samples
+        ]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Fixed(Collector):
+    """Already-collected families, for ``generate_latest``."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from service.backends.base import Backend
-    from service.batching import DynamicBatcher
+    from service.batching import Scheduler
     from service.tokenize import TextTokenizer
 
 PAD_INPUTS_PARAMETER = "infergate.pad_inputs"
@@ -91,7 +91,7 @@ class ModelVersion:
     pad_values: dict[str, int] = field(init=False)  # inputs padded with other than 0
     max_batch_tokens: int = field(init=False)  # 0 = batches limited by rows only
     stats: ModelStats = field(init=False)
-    scheduler: DynamicBatcher = field(init=False)
+    scheduler: Scheduler = field(init=False)
 
     def __post_init__(self) -> None:
         self.max_batch_size = int(self.config.max_batch_size)

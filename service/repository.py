@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -56,7 +57,76 @@ SchedulerHook = Callable[[ModelVersion], None]
 CloseHook = Callable[[ModelVersion], Awaitable[None]]
 
 
-class ModelRepository:
+class RepositoryView(ABC):
+    """Models by name with their states and servable versions: what serving reads. The
+    repository owns the lifecycle; a front-end worker's mirror (``service.frontend``) fills
+    the same view from the executor's snapshots."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ModelEntry] = {}
+
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        entry = self.models.get(name)
+        if entry is None:
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
+        if not entry.versions:
+            reason = f": {entry.reason}" if entry.reason else ""
+            raise Unavailable(f"model '{name}' is {entry.state}{reason}")
+        found = entry.versions.get(version or entry.default_version)
+        if found is None:
+            raise NotFound(
+                f"Request for unknown model: '{name}' version {version} is not found "
+                f"(ready versions: {', '.join(sorted(entry.versions, key=int))})"
+            )
+        return found
+
+    def select(self, name: str = "", version: str = "") -> list[ModelVersion]:
+        """The versions a statistics call names: one, every loaded one of a model, or all."""
+        if name and version:
+            return [self.get(name, version)]
+        if name:
+            self.get(name)  # NotFound / Unavailable with the reason
+            return list(self.models[name].versions.values())
+        return [m for entry in self.models.values() for m in entry.versions.values()]
+
+    def ready(self) -> bool:
+        """Triton's strict readiness: every model meant to be loaded is READY and can run."""
+        return all(
+            entry.state is ModelState.READY
+            and any(v.backend.healthy() for v in entry.versions.values())
+            for entry in self.models.values()
+            if entry.wanted
+        )
+
+    def failure(self, name: str) -> str:
+        """Why ``name`` is not READY after a load ("" when it is)."""
+        entry = self.models.get(name)
+        if entry is None or entry.state is ModelState.READY:
+            return ""
+        return entry.reason or str(entry.state)
+
+    @abstractmethod
+    async def index(self) -> list[IndexRow]:
+        """Every model the source holds, a row per ready version."""
+
+    @abstractmethod
+    async def load(self, name: str, override: ModelConfig | None = None) -> None:
+        """Load (or reload) every servable version of ``name``."""
+
+    @abstractmethod
+    async def unload(self, name: str) -> None:
+        """Unload every version of ``name``."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Bring up the startup models."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Unload everything and stop background work."""
+
+
+class ModelRepository(RepositoryView):
     """Tracks every model's state and its servable versions."""
 
     def __init__(
@@ -66,11 +136,13 @@ class ModelRepository:
         attach: SchedulerHook,
         detach: CloseHook,
     ) -> None:
+        super().__init__()
         self.source = source
         self.settings = settings
         self._attach = attach
         self._detach = detach
-        self.models: dict[str, ModelEntry] = {}
+        #: the config a model was last loaded with in place of its config.pbtxt
+        self.overrides: dict[str, ModelConfig] = {}
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task[None] | None = None
 
@@ -96,37 +168,6 @@ class ModelRepository:
         for name in list(self.models):
             await self.unload(name)
         await self.source.close()
-
-    def get(self, name: str, version: str = "") -> ModelVersion:
-        entry = self.models.get(name)
-        if entry is None:
-            raise NotFound(f"Request for unknown model: '{name}' is not found")
-        if not entry.versions:
-            reason = f": {entry.reason}" if entry.reason else ""
-            raise Unavailable(f"model '{name}' is {entry.state}{reason}")
-        found = entry.versions.get(version or entry.default_version)
-        if found is None:
-            raise NotFound(
-                f"Request for unknown model: '{name}' version {version} is not found "
-                f"(ready versions: {', '.join(sorted(entry.versions, key=int))})"
-            )
-        return found
-
-    def ready(self) -> bool:
-        """Triton's strict readiness: every model meant to be loaded is READY and can run."""
-        return all(
-            entry.state is ModelState.READY
-            and any(v.backend.healthy() for v in entry.versions.values())
-            for entry in self.models.values()
-            if entry.wanted
-        )
-
-    def failure(self, name: str) -> str:
-        """Why ``name`` is not READY after a load ("" when it is)."""
-        entry = self.models.get(name)
-        if entry is None or entry.state is ModelState.READY:
-            return ""
-        return entry.reason or str(entry.state)
 
     async def index(self) -> list[IndexRow]:
         """Every model the source holds or the repository knows, a row per ready version."""
@@ -172,6 +213,10 @@ class ModelRepository:
             previous, entry.versions = entry.versions, fresh
             entry.default_version = max(fresh, key=int)
             entry.state, entry.reason = ModelState.READY, ""
+            if override is None:
+                self.overrides.pop(name, None)
+            else:
+                self.overrides[name] = override
             log.info("model %s ready, versions %s", name, ", ".join(sorted(fresh, key=int)))
         for old in previous.values():
             await self._detach(old)

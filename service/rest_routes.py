@@ -67,7 +67,7 @@ def _health_and_metadata(api: FastAPI, dataplane: DataPlane) -> None:
 
     @api.get("/v2/models/stats")  # before /v2/models/{model}, which would take "stats" as a name
     async def all_stats() -> Response:
-        return _json(dataplane.model_statistics())
+        return _json(await dataplane.model_statistics())
 
 
 def _per_model(api: FastAPI, dataplane: DataPlane) -> None:
@@ -86,7 +86,7 @@ def _per_model(api: FastAPI, dataplane: DataPlane) -> None:
         return _json(message_to_json(dataplane.model_config(model, version)))
 
     async def model_stats(model: str, version: str = "") -> Response:
-        return _json(dataplane.model_statistics(model, version))
+        return _json(await dataplane.model_statistics(model, version))
 
     route("", model_metadata)
     route("/ready", model_ready)
@@ -132,4 +132,4 @@ def _other(api: FastAPI, dataplane: DataPlane) -> None:
 
     @api.get("/metrics")
     async def metrics() -> Response:
-        return Response(dataplane.metrics(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await dataplane.metrics(), media_type=CONTENT_TYPE_LATEST)

@@ -37,12 +37,16 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(settings: Settings) -> None:
+def configure_logging(settings: Settings, role: str = "") -> None:
+    """``role``: the process's part under ``--workers N`` (executor, worker-1...), in each line."""
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_json:
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        where = f" [{role}]" if role else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
@@ -64,11 +68,14 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
-def bind_http_socket(host: str, port: int) -> socket.socket:
-    """Bind the REST socket here, so port 0 gets a free port that is known before serving."""
+def bind_http_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """Bind the REST socket here, so port 0 gets a free port that is known before serving.
+    ``reuse_port``: several processes bind the same port and the kernel spreads connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host.strip("[]"), port))
     except OSError:
@@ -77,19 +84,22 @@ def bind_http_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(settings: Settings) -> None:
-    """Start everything, serve until SIGINT/SIGTERM, then finish queued work and stop."""
-    dataplane = DataPlane(settings)
+async def serve(
+    settings: Settings, dataplane: DataPlane | None = None, reuse_port: bool = False
+) -> None:
+    """Start everything, serve until SIGINT/SIGTERM, then finish queued work and stop.
+    ``dataplane``: a front-end worker's (``--workers N``); ``reuse_port``: share the ports."""
+    dataplane = dataplane or DataPlane(settings)
     await dataplane.start()
     grpc_server = None
     if settings.grpc_port:
         from service.grpc_server import start_grpc_server
 
-        started = await start_grpc_server(dataplane, settings)
+        started = await start_grpc_server(dataplane, settings, reuse_port)
         if started is not None:
             grpc_server, grpc_port = started
             log.info("gRPC listening on %s:%d", settings.host, grpc_port)
-    http_socket = bind_http_socket(settings.host, settings.http_port)
+    http_socket = bind_http_socket(settings.host, settings.http_port, reuse_port)
     # the server is created below; the cap asks it only while serving
     app = build_app(dataplane, lambda: len(server.server_state.connections))
     config = uvicorn.Config(
@@ -132,12 +142,21 @@ async def serve(settings: Settings) -> None:
         log.info("stopped")
 
 
-def run(settings: Settings) -> None:
-    configure_logging(settings)
+def install_loop() -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # uvloop is optional on platforms without it
         pass
+
+
+def run(settings: Settings) -> None:
+    configure_logging(settings)
+    if settings.worker_count() > 1:
+        from service.supervisor import supervise
+
+        supervise(settings)
+        return
+    install_loop()
     asyncio.run(serve(settings))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,6 +27,11 @@ class Settings(BaseSettings):
     )
     log_json: bool = Field(
         default=False, description="one JSON object per log line instead of text"
+    )
+    workers: int | Literal["auto"] = Field(
+        default="auto",
+        description="front-end processes sharing the ports over one executor process; 'auto' = "
+        "the usable cores (CPU quota included), at most 8; 1 = everything in one process",
     )
     server_name: str = Field(
         default="infergate",
@@ -229,3 +235,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part for part in value.replace(",", " ").split() if part]
         return value
+
+    def worker_count(self) -> int:
+        """``workers`` as a number: ``auto`` = the cores this process may use, at most 8."""
+        if self.workers != "auto":
+            return max(int(self.workers), 1)
+        return max(1, min(usable_cores(), 8))
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on, lowered by a cgroup v2 CPU quota (a container's limit)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, int(int(quota) // int(period))))

@@ -220,7 +220,7 @@ async def test_kind_gpu_falls_back_to_cpu_loudly_and_still_serves(example_repo, 
         runtime = json.loads(served.parameters["infergate.runtime"].string_value)
         assert runtime["instances"][0]["fallback"] == [CUDA]
         assert runtime["instances"][0]["providers"] == [CPU]
-        metrics = dataplane.metrics().decode()
+        metrics = (await dataplane.metrics()).decode()
         assert (
             'infergate_model_instance_info{device="cpu",gpu_mem_limit_bytes="0",'
             'model="gpu_mlp",provider="CPUExecutionProvider",version="1"} 2.0'
@@ -229,7 +229,7 @@ async def test_kind_gpu_falls_back_to_cpu_loudly_and_still_serves(example_repo, 
         await dataplane.close()
     assert (
         'infergate_model_instance_info{device="cpu",gpu_mem_limit_bytes="0",model="gpu_mlp"'
-        not in (dataplane.metrics().decode())
+        not in ((await dataplane.metrics()).decode())
     )
 
 

@@ -58,7 +58,7 @@ async def test_concurrent_requests_get_their_own_unbatched_answers(example_repo,
             got = response.outputs["probabilities"]
             assert got.shape == expected.shape
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-        stats = dataplane.model_statistics("digits_mlp")["model_stats"][0]
+        stats = dataplane.local_statistics("digits_mlp")["model_stats"][0]
         assert stats["inference_count"] == sum(r.inputs["input"].shape[0] for r in requests)
         assert stats["inference_stats"]["success"]["count"] == len(requests)
         assert stats["execution_count"] < len(requests)
@@ -72,7 +72,7 @@ async def test_no_batching_runs_every_request_alone(example_repo, tmp_path):
     dataplane = await started(repo, batching=False)
     try:
         await asyncio.gather(*(dataplane.infer(digits_request(2, seed)) for seed in range(20)))
-        stats = dataplane.model_statistics("digits_mlp")["model_stats"][0]
+        stats = dataplane.local_statistics("digits_mlp")["model_stats"][0]
         assert stats["execution_count"] == 20
         assert [b["batch_size"] for b in stats["batch_stats"]] == [2]
     finally:
@@ -107,7 +107,7 @@ async def test_token_inputs_are_padded_and_answers_match_unpadded(example_repo, 
         for request, response in zip(requests, responses):
             expected = session.run(["sentence_embedding"], request.inputs)[0]
             np.testing.assert_allclose(response.outputs["sentence_embedding"], expected, atol=2e-5)
-        stats = dataplane.model_statistics("minilm_embed", "1")["model_stats"][0]
+        stats = dataplane.local_statistics("minilm_embed", "1")["model_stats"][0]
         assert stats["execution_count"] < len(requests)
     finally:
         await dataplane.close()
@@ -122,7 +122,7 @@ async def test_different_shapes_never_share_a_batch_without_padding(example_repo
     try:
         lengths = [6, 6, 6, 11, 11]
         await asyncio.gather(*(dataplane.infer(embed_request(n, i)) for i, n in enumerate(lengths)))
-        stats = dataplane.model_statistics("minilm_embed", "1")["model_stats"][0]
+        stats = dataplane.local_statistics("minilm_embed", "1")["model_stats"][0]
         # requests of length 6 and 11 can only meet in separate executions
         assert stats["execution_count"] >= 2
         assert all(b["batch_size"] <= 3 for b in stats["batch_stats"])
@@ -164,7 +164,7 @@ async def test_queue_timeout_from_config_policy(example_repo, tmp_path):
             return_exceptions=True,
         )
         assert any(isinstance(o, Timeout) for o in outcomes)
-        stats = dataplane.model_statistics("digits_mlp")["model_stats"][0]
+        stats = dataplane.local_statistics("digits_mlp")["model_stats"][0]
         assert stats["inference_stats"]["fail"]["count"] == sum(
             isinstance(o, Exception) for o in outcomes
         )
@@ -240,7 +240,7 @@ async def test_token_budget_groups_similar_lengths(example_repo, tmp_path):
         for request, response in zip(requests, responses):
             expected = session.run(["sentence_embedding"], request.inputs)[0]
             np.testing.assert_allclose(response.outputs["sentence_embedding"], expected, atol=2e-5)
-        stats = dataplane.model_statistics("minilm_embed", "1")["model_stats"][0]
+        stats = dataplane.local_statistics("minilm_embed", "1")["model_stats"][0]
         # 30+30 (60 padded tokens), then 4+4+4, then the third 30, then 100 alone (over budget)
         assert stats["execution_count"] == 4
         assert {b["batch_size"] for b in stats["batch_stats"]} == {1, 2, 3}
@@ -258,7 +258,7 @@ async def test_without_a_token_budget_lengths_share_one_batch(example_repo, tmp_
     try:
         lengths = [30, 4, 30, 4, 4, 30, 100]
         await asyncio.gather(*(dataplane.infer(embed_request(n, s)) for s, n in enumerate(lengths)))
-        stats = dataplane.model_statistics("minilm_embed", "1")["model_stats"][0]
+        stats = dataplane.local_statistics("minilm_embed", "1")["model_stats"][0]
         assert stats["execution_count"] == 1
         assert [b["batch_size"] for b in stats["batch_stats"]] == [7]
     finally:

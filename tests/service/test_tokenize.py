@@ -64,7 +64,7 @@ async def started(repo: Path, **settings) -> DataPlane:
 
 
 def stats(dataplane: DataPlane, version: str = "1") -> dict:
-    return dataplane.model_statistics(MODEL, version)["model_stats"][0]
+    return dataplane.local_statistics(MODEL, version)["model_stats"][0]
 
 
 @pytest.fixture(scope="module")

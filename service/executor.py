@@ -1,0 +1,351 @@
+"""The executor process (``--workers N`` > 1): the one owner of models, batchers and sessions.
+
+Front-end workers (``service.frontend``) decode, validate, consult the cache and encode; every
+request that must run reaches this process over ``service.ipc``, so each model version keeps one
+batcher (batches do not shrink as workers grow) and each model is loaded once (one ONNX Runtime
+session set, one CUDA context per GPU). Identical requests from different workers share one
+execution here (by their cache key). The executor also keeps the repository's lifecycle: a load
+or unload through any worker applies here and reaches every worker as a new snapshot, and the
+set of loaded models is written down so a restarted executor brings the same models back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
+
+from service.batching import DynamicBatcher, Outputs
+from service.ipc import Channel, listen
+from service.limits import RateLimiter
+from service.metrics import ModelCounters, merge_counters, merge_exposition, registry_text
+from service.model import ModelState, ModelVersion
+from service.repository import ModelRepository
+from service.settings import Settings
+from service.sources import make_source
+from service.stats import merge_statistics
+from service.types import JsonObject, Tensors
+
+log = logging.getLogger("infergate.executor")
+
+#: how often the executor compares the repository with what it last sent the workers
+SNAPSHOT_INTERVAL_S = 0.25
+#: a worker that does not answer a statistics fan-out within this is left out of the sums
+FAN_OUT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """What a worker needs of one loaded version: its config, not its sessions."""
+
+    instance: int  # changes when the version is (re)loaded: the worker rebuilds its copy
+    config: bytes  # serialized ModelConfig, completed by the backend
+    healthy: bool
+    has_tokenizer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EntryInfo:
+    name: str
+    state: ModelState
+    reason: str
+    wanted: bool
+    default_version: str
+    versions: dict[str, VersionInfo] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    generation: int
+    started: bool  # the repository's startup loads finished (readiness needs it)
+    entries: tuple[EntryInfo, ...]
+
+
+@dataclass(slots=True)
+class SubmitCall:
+    """One request for a model's batcher, as a worker sends it."""
+
+    model: str
+    version: str
+    inputs: Tensors
+    rows: int
+    signature: tuple[object, ...]
+    priority: int
+    timeout_us: int
+    tokens: int
+    key: str | None  # cache key: identical requests in flight share one execution
+    watched: bool  # the worker will send "cancel" if the client hangs up
+
+
+@dataclass(slots=True)
+class _Flight:
+    future: asyncio.Future[Outputs]
+    watchers: list[tuple[Channel, int] | None]
+
+
+class Executor:
+    def __init__(self, settings: Settings, runtime_dir: Path) -> None:
+        self.settings = settings
+        self.socket_path = str(runtime_dir / "executor.sock")
+        self.state_path = runtime_dir / "models.json"
+        self.repository = ModelRepository(
+            make_source(settings), settings, self._attach, self._detach
+        )
+        self.limiter = RateLimiter(settings.model_copy(update={"redis_url": None}))
+        self.channels: set[Channel] = set()
+        self._cancelled: dict[Channel, set[int]] = {}
+        self._flights: dict[str, _Flight] = {}
+        self._generation = 0
+        self._sent: tuple[object, ...] = ()
+        self._started = False
+        self._instances: dict[int, int] = {}  # id(ModelVersion) -> instance number
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        server = await listen(self.socket_path, self._handle, self._connected, self._lost)
+        log.info("executor listening on %s", self.socket_path)
+        pusher = asyncio.create_task(self._push_changes())
+        await self.repository.start()
+        await self._restore()
+        self._started = True
+        self._push()
+        await stop.wait()
+        log.info("executor stopping: finishing queued batches")
+        pusher.cancel()
+        server.close()
+        await self.repository.close()
+        await self.limiter.close()
+
+    def _attach(self, model: ModelVersion) -> None:
+        model.scheduler = DynamicBatcher(model, model.stats, self.settings)
+
+    async def _detach(self, model: ModelVersion) -> None:
+        await model.scheduler.close()
+        await model.backend.close()
+
+    def _connected(self, channel: Channel) -> None:
+        self.channels.add(channel)
+        self._cancelled[channel] = set()
+
+    def _lost(self, channel: Channel) -> None:
+        self.channels.discard(channel)
+        self._cancelled.pop(channel, None)
+
+    # -- calls from workers ---------------------------------------------------------------
+    def _handle(self, kind: str, payload: object, channel: Channel, call_id: int) -> object:
+        if kind == "submit":
+            assert isinstance(payload, SubmitCall)
+            return self._submit(payload, channel, call_id)
+        if kind == "cancel":
+            assert isinstance(payload, int)
+            cancelled = self._cancelled.get(channel)
+            if cancelled is not None:
+                cancelled.add(payload)
+            return None
+        if kind == "snapshot":
+            return self.snapshot()
+        if kind == "load":
+            name, override = payload  # type: ignore[misc]
+            return self._load(name, override)
+        if kind == "unload":
+            return self._unload(str(payload))
+        if kind == "index":
+            return self.repository.index()
+        if kind == "stats":
+            name, version = payload  # type: ignore[misc]
+            return self._statistics(name, version)
+        if kind == "metrics":
+            return self._metrics()
+        if kind == "take_local":
+            principal, rows = payload  # type: ignore[misc]
+            return self.limiter.take_local(principal, rows)
+        raise ValueError(f"unknown call {kind!r}")
+
+    def _submit(self, call: SubmitCall, channel: Channel, call_id: int) -> asyncio.Future[Outputs]:
+        model = self.repository.get(call.model, call.version)
+        watcher = (channel, call_id) if call.watched else None
+        if call.key is not None:
+            flight = self._flights.get(call.key)
+            if flight is not None and not flight.future.done():
+                flight.watchers.append(watcher)
+                return flight.future
+        watchers = [watcher]
+        future = model.scheduler.submit(
+            call.inputs,
+            call.rows,
+            call.signature,
+            call.priority,
+            call.timeout_us,
+            lambda: all(self._gone(one) for one in watchers),
+            call.tokens,
+        )
+        if call.key is not None:
+            key, flight = call.key, _Flight(future, watchers)
+            self._flights[key] = flight
+            future.add_done_callback(lambda _: self._land(key, flight))
+        elif watcher is not None:
+            future.add_done_callback(lambda _: self._forget(watcher))
+        return future
+
+    def _gone(self, watcher: tuple[Channel, int] | None) -> bool:
+        """Whether the client behind a call hung up (its worker said so, or the worker died)."""
+        if watcher is None:
+            return False
+        channel, call_id = watcher
+        cancelled = self._cancelled.get(channel)
+        return cancelled is None or call_id in cancelled
+
+    def _forget(self, watcher: tuple[Channel, int] | None) -> None:
+        if watcher is not None:
+            self._cancelled.get(watcher[0], set()).discard(watcher[1])
+
+    def _land(self, key: str, flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        for watcher in flight.watchers:
+            self._forget(watcher)
+
+    async def _load(self, name: str, override: str | None) -> int:
+        config = None
+        if override is not None:
+            config = json_format.Parse(override, model_config_pb2.ModelConfig())
+        await self.repository.load(name, config)
+        self._remember()
+        return self._push()
+
+    async def _unload(self, name: str) -> int:
+        await self.repository.unload(name)
+        self._remember()
+        return self._push()
+
+    # -- restarts: the loaded set outlives the process ------------------------------------
+    def _remember(self) -> None:
+        wanted = [name for name, entry in self.repository.models.items() if entry.wanted]
+        overrides = {}
+        for name in wanted:
+            override = self.repository.overrides.get(name)
+            if override is not None:
+                overrides[name] = json_format.MessageToJson(override)
+        state = {"wanted": wanted, "overrides": overrides, "known": list(self.repository.models)}
+        temporary = self.state_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state))
+        temporary.replace(self.state_path)
+
+    async def _restore(self) -> None:
+        """After a restart, load and unload what the workers' calls had loaded and unloaded."""
+        if not self.state_path.is_file() or self.settings.model_control_mode != "explicit":
+            return
+        state = json.loads(self.state_path.read_text())
+        log.info("executor restarted: restoring the loaded models %s", state["wanted"])
+        for name in state["wanted"]:
+            override = state["overrides"].get(name)
+            try:
+                await self._load(name, override)
+            except Exception as exc:  # a model that fails now is UNAVAILABLE with its reason
+                log.error("restoring model %s failed: %s", name, exc)
+        for name in set(state["known"]) - set(state["wanted"]):
+            if name in self.repository.models:
+                await self.repository.unload(name)
+
+    # -- snapshots ------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self._generation, self._started, tuple(self._entries()))
+
+    def _entries(self) -> list[EntryInfo]:
+        entries = []
+        for name, entry in sorted(self.repository.models.items()):
+            versions = {
+                version: VersionInfo(
+                    self._instance(model),
+                    model.config.SerializeToString(),
+                    model.backend.healthy(),
+                    model.tokenizer is not None,
+                )
+                for version, model in entry.versions.items()
+            }
+            entries.append(
+                EntryInfo(
+                    name, entry.state, entry.reason, entry.wanted, entry.default_version, versions
+                )
+            )
+        return entries
+
+    def _instance(self, model: ModelVersion) -> int:
+        return self._instances.setdefault(id(model), len(self._instances) + 1)
+
+    def _digest(self) -> tuple[object, ...]:
+        return (
+            self._started,
+            *(
+                (
+                    e.name,
+                    e.state,
+                    e.reason,
+                    e.wanted,
+                    e.default_version,
+                    tuple(
+                        (v, info.instance, info.healthy) for v, info in sorted(e.versions.items())
+                    ),
+                )
+                for e in self._entries()
+            ),
+        )
+
+    def _push(self) -> int:
+        """Send every worker the current snapshot; returns its generation."""
+        self._generation += 1
+        self._sent = self._digest()
+        snapshot = self.snapshot()
+        for channel in list(self.channels):
+            channel.notify("snapshot", snapshot)
+        return self._generation
+
+    async def _push_changes(self) -> None:
+        """Poll-mode reloads and backend health changes reach the workers within an interval."""
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL_S)
+            if self._digest() != self._sent:
+                self._push()
+
+    # -- statistics summed over every process ---------------------------------------------
+    async def _fan_out(self, kind: str, payload: object) -> list[object]:
+        calls = [channel.call(kind, payload) for channel in list(self.channels)]
+        if not calls:
+            return []
+        done, _ = await asyncio.wait(calls, timeout=FAN_OUT_TIMEOUT_S)
+        return [call.result() for call in done if call.exception() is None]
+
+    async def _statistics(self, name: str, version: str) -> JsonObject:
+        own = [model.stats.to_dict() for model in self.repository.select(name, version)]
+        parts = await self._fan_out("partial_stats", (name, version))
+        return merge_statistics([{"model_stats": own}, *parts])  # type: ignore[list-item]
+
+    async def _metrics(self) -> tuple[list[ModelCounters], bytes]:
+        own = [
+            model.stats.counters(None, model.scheduler.pending)
+            for model in self.repository.select()
+        ]
+        parts = await self._fan_out("partial_metrics", None)
+        counters = merge_counters([own, *(part[0] for part in parts)])  # type: ignore[index]
+        texts = [registry_text(), *(part[1] for part in parts)]  # type: ignore[index]
+        return counters, merge_exposition(texts)
+
+
+def run_executor(settings: Settings, runtime_dir: Path) -> None:
+    asyncio.run(Executor(settings, runtime_dir).run())
+
+
