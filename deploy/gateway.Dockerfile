@@ -35,10 +35,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
-    INFERGATE_MODEL_REPO=/models
+    INFERGATE_MODEL_REPO=/models \
+    INFERGATE_WORKERS=auto
 WORKDIR /tmp
 USER 10001:10001
-# 8000 = HTTP/REST (+ /metrics), 8001 = gRPC
+# 8000 = HTTP/REST (+ /metrics), 8001 = gRPC. INFERGATE_WORKERS=auto: one front-end worker per core
+# of the container's CPU limit (cgroup cpu.max), at most 8, over one executor process.
 EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "/usr/local/bin/infergate-healthcheck"]

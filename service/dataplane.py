@@ -69,10 +69,13 @@ class DataPlane:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        self.cache = ResponseCache(self.settings)
+        self.cache = self._response_cache()
         await self.cache.start()
         await self.repository.start()
         self._started = True
+
+    def _response_cache(self) -> ResponseCache:
+        return ResponseCache(self.settings)
 
     async def close(self) -> None:
         await self.repository.close()

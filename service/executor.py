@@ -19,11 +19,17 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
+from service.auth import Principal
 from service.batching import DynamicBatcher, Outputs
+from service.cache import codec
+from service.cache.response_cache import SharedOutputs
+from service.cache.stores import LocalStore
+from service.errors import Unavailable
 from service.ipc import Channel, listen
 from service.limits import RateLimiter
 from service.metrics import ModelCounters, merge_counters, merge_exposition, registry_text
@@ -100,6 +106,10 @@ class Executor:
             make_source(settings), settings, self._attach, self._detach
         )
         self.limiter = RateLimiter(settings.model_copy(update={"redis_url": None}))
+        #: without Redis, the one result cache of every worker (see frontend.ExecutorStore)
+        self.results: LocalStore | None = None
+        if not settings.redis_url and settings.cache_local_bytes > 0:
+            self.results = LocalStore(settings.cache_local_bytes)
         self.channels: set[Channel] = set()
         self._cancelled: dict[Channel, set[int]] = {}
         self._flights: dict[str, _Flight] = {}
@@ -107,28 +117,42 @@ class Executor:
         self._sent: tuple[object, ...] = ()
         self._started = False
         self._instances: dict[int, int] = {}  # id(ModelVersion) -> instance number
+        self._server: asyncio.AbstractServer | None = None
+        self._pusher: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen for workers at once (they answer 503 meanwhile), then load the models."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        self._server = await listen(self.socket_path, self._handle, self._connected, self._lost)
+        log.info("executor listening on %s", self.socket_path)
+        self._pusher = asyncio.create_task(self._push_changes())
+        await self.repository.start()
+        await self._restore()
+        self._started = True
+        self._push()
+
+    async def stop(self) -> None:
+        """Finish what is queued and running, then close the models."""
+        log.info("executor stopping: finishing queued batches")
+        if self._pusher is not None:
+            self._pusher.cancel()
+        if self._server is not None:
+            self._server.close()
+        for channel in list(self.channels):
+            channel.close()
+        await self.repository.close()
+        await self.limiter.close()
+
     async def run(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-        server = await listen(self.socket_path, self._handle, self._connected, self._lost)
-        log.info("executor listening on %s", self.socket_path)
-        pusher = asyncio.create_task(self._push_changes())
-        await self.repository.start()
-        await self._restore()
-        self._started = True
-        self._push()
+        await self.start()
         await stop.wait()
-        log.info("executor stopping: finishing queued batches")
-        pusher.cancel()
-        server.close()
-        await self.repository.close()
-        await self.limiter.close()
+        await self.stop()
 
     def _attach(self, model: ModelVersion) -> None:
         model.scheduler = DynamicBatcher(model, model.stats, self.settings)
@@ -158,20 +182,22 @@ class Executor:
             return None
         if kind == "snapshot":
             return self.snapshot()
+        if kind == "cache_get":
+            return self.results.get_now(str(payload)) if self.results is not None else None
         if kind == "load":
-            name, override = payload  # type: ignore[misc]
+            name, override = cast("tuple[str, str | None]", payload)
             return self._load(name, override)
         if kind == "unload":
             return self._unload(str(payload))
         if kind == "index":
             return self.repository.index()
         if kind == "stats":
-            name, version = payload  # type: ignore[misc]
+            name, version = cast("tuple[str, str]", payload)
             return self._statistics(name, version)
         if kind == "metrics":
             return self._metrics()
         if kind == "take_local":
-            principal, rows = payload  # type: ignore[misc]
+            principal, rows = cast("tuple[Principal, int]", payload)
             return self.limiter.take_local(principal, rows)
         raise ValueError(f"unknown call {kind!r}")
 
@@ -182,7 +208,7 @@ class Executor:
             flight = self._flights.get(call.key)
             if flight is not None and not flight.future.done():
                 flight.watchers.append(watcher)
-                return flight.future
+                return _shared(flight.future)
         watchers = [watcher]
         future = model.scheduler.submit(
             call.inputs,
@@ -218,19 +244,34 @@ class Executor:
             del self._flights[key]
         for watcher in flight.watchers:
             self._forget(watcher)
+        future = flight.future
+        if self.results is None or future.cancelled() or future.exception() is not None:
+            return
+        try:
+            value = codec.encode(future.result())
+        except codec.Unencodable:
+            return
+        if len(value) <= self.settings.cache_max_entry_bytes:
+            self.results.set_now(key, value, self.settings.cache_ttl_s)
 
     async def _load(self, name: str, override: str | None) -> int:
         config = None
         if override is not None:
             config = json_format.Parse(override, model_config_pb2.ModelConfig())
         await self.repository.load(name, config)
-        self._remember()
-        return self._push()
+        return await self._changed()
 
     async def _unload(self, name: str) -> int:
         await self.repository.unload(name)
+        return await self._changed()
+
+    async def _changed(self) -> int:
+        """After a load or unload: write the loaded set down, send every worker the snapshot
+        and return once each has applied it, so the change is everywhere when the call ends."""
         self._remember()
-        return self._push()
+        generation = self._push()
+        await self._fan_out("applied", generation)
+        return generation
 
     # -- restarts: the loaded set outlives the process ------------------------------------
     def _remember(self) -> None:
@@ -345,7 +386,21 @@ class Executor:
         return counters, merge_exposition(texts)
 
 
+def _shared(future: asyncio.Future[Outputs]) -> asyncio.Future[Outputs]:
+    """The flight's outcome, marked as another request's execution (a cache hit for this one)."""
+    joined: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+
+    def copy(done: asyncio.Future[Outputs]) -> None:
+        if joined.done():
+            return
+        if done.cancelled() or done.exception() is not None:
+            joined.set_exception(done.exception() or Unavailable("the execution was cancelled"))
+        else:
+            joined.set_result(SharedOutputs(done.result()))
+
+    future.add_done_callback(copy)
+    return joined
+
+
 def run_executor(settings: Settings, runtime_dir: Path) -> None:
     asyncio.run(Executor(settings, runtime_dir).run())
-
-

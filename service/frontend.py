@@ -22,8 +22,9 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 from service.auth import Principal
 from service.backends.base import Backend
 from service.batching import Outputs
+from service.cache import ResponseCache
 from service.dataplane import DataPlane
-from service.errors import InferenceError, Internal
+from service.errors import InferenceError, Internal, Unavailable
 from service.executor import EntryInfo, Snapshot, SubmitCall, VersionInfo
 from service.ipc import Channel, connect
 from service.metrics import ModelCounters, registry_text
@@ -50,16 +51,19 @@ class ExecutorLink:
         self.channel: Channel | None = None
         self._watched: dict[int, Callable[[], bool]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._first_snapshot = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         return self.channel is not None and self.channel.transport is not None
 
     async def start(self) -> None:
+        """Connect, and return once the first snapshot is in (a worker listens only then)."""
         self._tasks = [
             asyncio.create_task(self._keep_connected()),
             asyncio.create_task(self._sweep()),
         ]
+        await self._first_snapshot.wait()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -69,7 +73,7 @@ class ExecutorLink:
 
     def call(self, kind: str, payload: object) -> asyncio.Future[object]:
         if self.channel is None:
-            return _failed(self.plane.mirror.down_error())
+            return cast("asyncio.Future[object]", _failed(self.plane.mirror.down_error()))
         return self.channel.call(kind, payload)
 
     def submit(
@@ -95,6 +99,7 @@ class ExecutorLink:
             try:
                 snapshot = await channel.call("snapshot", None)
                 self.plane.mirror.apply(cast(Snapshot, snapshot), fresh=True)
+                self._first_snapshot.set()
                 log.info("connected to the executor")
             except InferenceError:
                 pass  # lost again at once: wait for the close below
@@ -188,8 +193,6 @@ class MirrorRepository(RepositoryView):
         self._instances: dict[tuple[str, str], int] = {}
 
     def down_error(self) -> InferenceError:
-        from service.errors import Unavailable
-
         return Unavailable(f"{RESTARTING}; retry", retry_after_s=1)
 
     def ready(self) -> bool:
@@ -272,6 +275,32 @@ class MirrorRepository(RepositoryView):
         await self.link.close()
 
 
+class ExecutorStore:
+    """The executor's result LRU as a cache store. ``put`` does nothing: the executor stores a
+    result itself the moment its execution ends, so an identical request arriving on another
+    worker right after finds it (there is no window between the run and the store)."""
+
+    name = "executor"
+
+    def __init__(self, link: ExecutorLink) -> None:
+        self.link = link
+
+    async def start(self) -> None:
+        return None
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            return cast("bytes | None", await self.link.call("cache_get", key))
+        except InferenceError:  # the executor is away: a miss
+            return None
+
+    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
 class FrontEndPlane(DataPlane):
     """The data plane of a front-end worker: statistics and metrics sum every process."""
 
@@ -280,6 +309,13 @@ class FrontEndPlane(DataPlane):
         self.mirror = MirrorRepository(settings, self.link)
         super().__init__(settings, self.mirror)
         self.admission.limiter.remote_buckets = self._take_remote
+
+    def _response_cache(self) -> ResponseCache:
+        """With Redis, every worker uses it directly; without, the executor's in-process LRU is
+        the one cache of all workers (a hit costs one round trip to it)."""
+        if self.settings.redis_url or self.settings.cache_local_bytes <= 0:
+            return super()._response_cache()
+        return ResponseCache(self.settings, store=ExecutorStore(self.link))
 
     async def _take_remote(self, principal: Principal, rows: int) -> float:
         return cast(float, await self.link.call("take_local", (principal, rows)))
@@ -306,4 +342,6 @@ class FrontEndPlane(DataPlane):
             return {"model_stats": []}
         if kind == "partial_metrics":
             return self.local_counters(), registry_text()
+        if kind == "applied":  # answered after the snapshot notice sent before it: in order
+            return self.mirror.generation
         raise ValueError(f"unknown call {kind!r}")

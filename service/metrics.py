@@ -202,12 +202,14 @@ def merge_exposition(texts: Iterable[bytes]) -> bytes:
     values: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
     for text in texts:
         for family in text_string_to_metric_families(text.decode()):
+            if family.name.endswith("_created"):
+                continue  # creation times do not add up; they are optional in the format
             known = families.setdefault(
                 family.name, Metric(family.name, family.documentation, family.type)
             )
             for sample in family.samples:
                 if sample.name.endswith("_created"):
-                    continue  # creation times do not add up; they are optional in the format
+                    continue
                 key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
                 if key not in values:
                     known.samples.append(sample)

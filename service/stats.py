@@ -6,6 +6,7 @@ Every recording also feeds the Prometheus children, so the two views never disag
 from __future__ import annotations
 
 import time
+from typing import cast
 
 from service.metrics import ModelCounters, ModelMetrics
 from service.types import JsonObject
@@ -153,7 +154,7 @@ def _sum(left: JsonObject, right: JsonObject) -> JsonObject:
     for key, value in left.items():
         other = right.get(key)
         if key == "last_inference":
-            total[key] = max(value, other)  # type: ignore[type-var]
+            total[key] = max(cast(int, value), cast(int, other))
         elif key == "batch_stats":
             total[key] = _sum_batches(value, other)  # type: ignore[arg-type]
         elif isinstance(value, dict):

@@ -18,7 +18,7 @@ from service.cache.metrics import CACHE_COALESCED, CACHE_SKIPPED
 from service.cache.redis_store import RedisStore
 from service.cache.stores import LocalStore, RateLimitedLog, Store, TieredStore
 from service.settings import Settings
-from service.types import InferRequest, Tensors
+from service.types import Array, InferRequest, Tensors
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("infergate.cache")
 
 Outputs = Tensors
+
+
+class SharedOutputs(dict[str, Array]):
+    """Outputs of an identical request's execution, joined in flight elsewhere (the executor of
+    ``--workers N``): for this request a hit, and already stored where it ran."""
 
 
 @dataclass(slots=True)
@@ -167,6 +172,12 @@ class ResponseCache:
         slot.miss_count += 1
         slot.miss_ns += lookup_ns
         outputs = await compute()
+        if isinstance(outputs, SharedOutputs):
+            slot.miss_count -= 1
+            slot.miss_ns -= lookup_ns
+            self._record_hit(model, version, time.perf_counter_ns() - start)
+            CACHE_COALESCED.labels(model=model, version=version).inc()
+            return dict(outputs), True
         insert_start = time.perf_counter_ns()
         self._insert(key, outputs)
         insert_ns = time.perf_counter_ns() - insert_start

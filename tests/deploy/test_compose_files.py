@@ -198,6 +198,8 @@ def test_gpu_stack_wiring(gpu: dict) -> None:
     assert _healthy_dependencies(gateway) == {"triton", "redis"}
     for dependency in _healthy_dependencies(gateway):
         assert services[dependency].get("healthcheck"), f"{dependency} can never become healthy"
+    assert compose_environment(gateway)["INFERGATE_WORKERS"] == "auto"
+    assert "cpus" in gateway, "auto sizes the workers from the container's CPU limit"
     published = {str(p).rsplit(":", 1)[-1] for p in gateway["ports"]}
     assert {
         _flag(gateway["command"], "--http-port"),

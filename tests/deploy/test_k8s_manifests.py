@@ -208,3 +208,21 @@ def test_podmonitors_select_the_scraped_pods() -> None:
         ports = {p["name"] for c in target["spec"]["containers"] for p in c.get("ports", [])}
         for endpoint in monitor["spec"]["podMetricsEndpoints"]:
             assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+
+
+def test_gateway_workers_follow_the_cpu_limit_the_hpa_measures_against(
+    rendered: tuple[str, list[dict]],
+) -> None:
+    """--workers comes from limits.cpu, and the request (the HPA's 100 %) equals that limit."""
+    _, docs = rendered
+    gateway = pod_templates(docs)["gateway"]["spec"]["containers"][0]
+    (workers,) = [e for e in gateway["env"] if e["name"] == "INFERGATE_WORKERS"]
+    field = workers["valueFrom"]["resourceFieldRef"]
+    assert (field["containerName"], field["resource"], str(field["divisor"])) == (
+        "gateway",
+        "limits.cpu",
+        "1",
+    )
+    resources = gateway["resources"]
+    assert resources["limits"]["cpu"] == resources["requests"]["cpu"]
+    assert int(resources["limits"]["cpu"]) >= 2, "one core would mean a single process"

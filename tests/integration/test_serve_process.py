@@ -8,6 +8,7 @@ import signal
 import threading
 
 import httpx
+import pytest
 from tritonclient.grpc import model_config_pb2
 
 from tests.helpers import edit_config, start_gateway, wait_until
@@ -77,15 +78,17 @@ def send_all(url: str, count: int, statuses: list[int]) -> list[threading.Thread
     return threads
 
 
-def test_sigterm_finishes_queued_and_running_requests(example_repo, tmp_path):
-    """One request at a time (max_batch_size 1), so some are still queued when SIGTERM comes.
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_finishes_queued_and_running_requests(example_repo, tmp_path, workers):
+    """One request at a time (max_batch_size 1), so some are still queued when SIGTERM comes;
+    with two workers, the workers answer what they hold before the executor stops.
 
     No timing: once every request of a round reached the gateway, some still pend (SIGTERM then)
     or all are done already (a fast machine: a round twice the size follows).
     """
     shutil.copytree(example_repo / "minilm_embed", tmp_path / "minilm_embed")
     edit_config(tmp_path / "minilm_embed" / "config.pbtxt", one_at_a_time)
-    server = start_gateway(tmp_path, env={"INFERGATE_CACHE_ENABLED": "false"})
+    server = start_gateway(tmp_path, "--workers", workers, env={"INFERGATE_CACHE_ENABLED": "false"})
     url = f"{server.base_url}/v2/models/minilm_embed/infer"
     statuses: list[int] = []
     threads: list[threading.Thread] = []

@@ -9,7 +9,7 @@ import pytest
 from service import gpu_metrics
 from service.devices import cuda_gpu_count
 from service.gpu_metrics import GpuReading, read_gpus, render_lines
-from service.metrics import render
+from service.metrics import registry_text, render
 
 HAS_GPU = cuda_gpu_count() > 0
 HAS_NVML = importlib.util.find_spec("pynvml") is not None
@@ -32,7 +32,7 @@ def test_readings_render_with_tritons_names_and_the_gpu_uuid_label() -> None:
 @pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")
 def test_without_a_gpu_metrics_have_no_gpu_families_and_no_error() -> None:
     assert read_gpus() == []
-    exposition = render([]).decode()
+    exposition = render([], registry_text()).decode()
     assert "nv_gpu_" not in exposition
     assert "infergate_queue_depth" in exposition  # the rest of /metrics is intact
 
@@ -49,4 +49,4 @@ def test_nvml_without_a_driver_is_treated_as_no_gpu() -> None:
 def test_a_real_gpu_is_reported() -> None:
     readings = read_gpus()
     assert readings and all(r.memory_total_bytes > r.memory_used_bytes >= 0 for r in readings)
-    assert f'gpu_uuid="{readings[0].uuid}"' in render([]).decode()
+    assert f'gpu_uuid="{readings[0].uuid}"' in render([], registry_text()).decode()

@@ -1,0 +1,156 @@
+"""``infergate serve --workers 2`` as real processes: a supervisor, an executor, two workers.
+
+Faults are made deterministic by stopping the supervisor (SIGSTOP) while a child is killed: the
+survivors' behaviour is then observed with nothing restarted yet, and SIGCONT lets the
+supervisor replace what died.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.helpers import Gateway, start_gateway, wait_until
+
+BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+
+
+def _children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie its (stopped) parent has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _executor(gateway: Gateway) -> int:
+    found = re.findall(r"executor pid (\d+)|restarted as pid (\d+)", gateway.log())
+    return int(next(p for p in found[-1] if p))
+
+
+def _workers(gateway: Gateway) -> set[int]:
+    return _children(gateway.process.pid) - {_executor(gateway)}
+
+
+def _infer(gateway: Gateway, model: str = "digits_mlp") -> httpx.Response:
+    """One request on a connection of its own (the kernel picks the worker per connection)."""
+    with httpx.Client(timeout=30) as http:
+        return http.post(f"{gateway.base_url}/v2/models/{model}/infer", json=BODY)
+
+
+@contextmanager
+def _supervisor_stopped(gateway: Gateway) -> Iterator[None]:
+    gateway.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        gateway.process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture(scope="module")
+def two_workers(example_repo: Path) -> Iterator[Gateway]:
+    server = start_gateway(example_repo, "--workers", "2", env={"INFERGATE_CACHE_ENABLED": "false"})
+    yield server
+    server.stop()
+
+
+def test_startup_logs_the_process_layout(two_workers: Gateway) -> None:
+    assert "process layout: supervisor pid" in two_workers.log()
+    assert len(_workers(two_workers)) == 2
+
+
+def test_statistics_and_metrics_count_every_request_of_every_worker(two_workers: Gateway) -> None:
+    def successes() -> int:
+        stats = httpx.get(f"{two_workers.base_url}/v2/models/cancer_gbt/stats").json()
+        return stats["model_stats"][0]["inference_stats"]["success"]["count"]
+
+    before = successes()
+    x = np.random.default_rng(0).random((1, 30), dtype=np.float32)
+    for _ in range(20):  # fresh connections: the kernel spreads them over both workers
+        with httpx.Client(timeout=30) as http:
+            body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
+                                "data": x.ravel().tolist()}]}  # fmt: skip
+            http.post(f"{two_workers.base_url}/v2/models/cancer_gbt/infer", json=body)
+    for _ in range(10):
+        client = grpcclient.InferenceServerClient(two_workers.grpc_url)
+        tensor = grpcclient.InferInput("input", [1, 30], "FP32")
+        tensor.set_data_from_numpy(x)
+        client.infer("cancer_gbt", [tensor])
+        client.close()
+    answers = {successes() - before for _ in range(6)}  # whichever worker answers
+    assert answers == {30}
+    metrics = httpx.get(f"{two_workers.base_url}/metrics").text
+    success = re.search(
+        r'nv_inference_request_success\{model="cancer_gbt",version="1"\} (\d+)', metrics
+    )
+    latency = re.search(
+        r'infergate_request_latency_seconds_count\{model="cancer_gbt"\} ([\d.]+)', metrics
+    )
+    assert success is not None and latency is not None
+    assert int(success.group(1)) == before + 30
+    assert float(latency.group(1)) == before + 30
+
+
+def test_a_killed_worker_is_replaced_and_the_other_serves_meanwhile(two_workers: Gateway) -> None:
+    victim, survivor = sorted(_workers(two_workers))
+    with _supervisor_stopped(two_workers):
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: _dead(victim), what="the kill")
+        statuses = [_infer(two_workers).status_code for _ in range(10)]
+        assert statuses == [200] * 10, "the surviving worker takes every new connection"
+    wait_until(
+        lambda: len(_workers(two_workers)) == 2,
+        what=f"a replacement worker ({two_workers.log()[-800:]})",
+    )
+    assert survivor in _workers(two_workers) and victim not in _workers(two_workers)
+    assert re.search(
+        rf"worker-\d \(pid {victim}\) was killed by SIGKILL; replaced", two_workers.log()
+    )
+    assert [_infer(two_workers).status_code for _ in range(10)] == [200] * 10
+
+
+def test_a_killed_executor_means_503_then_its_models_come_back(
+    example_repo: Path, tmp_path: Path
+) -> None:
+    server = start_gateway(
+        example_repo,
+        "--workers", "2", "--model-control-mode", "explicit", "--load-model", "digits_mlp",
+    )  # fmt: skip
+    try:
+        loaded = httpx.post(f"{server.base_url}/v2/repository/models/cancer_gbt/load", timeout=60)
+        assert loaded.status_code == 200
+        executor = _executor(server)
+        with _supervisor_stopped(server):
+            os.kill(executor, signal.SIGKILL)
+            wait_until(lambda: _dead(executor), what="the kill")
+
+            def refused() -> httpx.Response | None:
+                response = _infer(server)
+                return response if response.status_code == 503 else None
+
+            response = wait_until(refused, what="503 from the workers")
+            assert "executor process is restarting" in response.json()["error"]
+            assert httpx.get(f"{server.base_url}/v2/health/ready").status_code == 503
+        wait_until(lambda: _executor(server) != executor, what="a new executor")
+        wait_until(
+            lambda: httpx.get(f"{server.base_url}/v2/health/ready").status_code == 200,
+            what=f"the models back READY ({server.log()[-1500:]})",
+        )
+        assert _infer(server).status_code == 200
+        ready = f"{server.base_url}/v2/models/cancer_gbt/ready"  # loaded by a call, restored
+        assert [httpx.get(ready).status_code for _ in range(4)] == [200] * 4
+    finally:
+        server.stop()
