@@ -189,7 +189,8 @@ def measure(bench: Bench, served: Served, model: str, protocol: str) -> dict[str
         label: {k: v - before[label][k] for k, v in counters(host, model).items()}
         for label, host in served.stats.items()
     }
-    requests = next(iter(delta.values()))["success"]
+    front = delta[next(iter(served.stats))]  # the server the clients talk to counts requests
+    requests = front["success"]
     result.update(requests_counted=requests, window_s=round(elapsed, 2))
     if "error" in result and requests:  # perf_analyzer gave up: the server's own count
         result["req_per_s_from_stats"] = round(requests / elapsed, 1)
@@ -201,8 +202,8 @@ def measure(bench: Bench, served: Served, model: str, protocol: str) -> dict[str
         executions = counts["execution_count"]
         batch = counts["inference_count"] / executions if executions else None
         result[f"{label}_mean_batch"] = batch and round(batch, 2)
-    if delta[next(iter(delta))]["cache_hit"]:
-        result["cache_hit_fraction"] = round(next(iter(delta.values()))["cache_hit"] / requests, 4)
+    if front["cache_hit"]:
+        result["cache_hit_fraction"] = round(front["cache_hit"] / requests, 4)
     return result
 
 
@@ -455,7 +456,7 @@ def print_report(report: dict[str, Any]) -> None:
     console = Console(width=160)
     table = Table(
         title=f"--workers N, batch 1 at {report['concurrency']} clients, "
-        f"{report['duration_s']} s windows (values for N = 1 / 2 [/ 4]; * = perf_analyzer failed, "
+        f"{report['duration_s']} s windows (values for N = 1 / 2 (/ 4); * = perf_analyzer failed, "
         "rate from the server's counters)"
     )
     for header in ("case", "model/protocol", "N", "req/s", "N2/N1", *list(COLUMNS)[1:]):

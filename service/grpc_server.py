@@ -250,10 +250,14 @@ def bind_address(host: str, port: int) -> str:
 
 
 async def start_grpc_server(
-    dataplane: DataPlane, settings: Settings, reuse_port: bool = False
+    dataplane: DataPlane,
+    settings: Settings,
+    reuse_port: bool = False,
+    rpc_limit: int | None = None,
 ) -> tuple[grpc.aio.Server, int] | None:
     """Create, bind and start the gRPC server on ``settings.host:settings.grpc_port``.
 
+    ``rpc_limit``: calls in flight, when not ``max_connections`` (a worker's share of it).
     Returns the server and the port it bound, or None when ``grpc_port`` is 0 (gRPC disabled).
     Stop with ``await server.stop(grace)``. Must be called from the running event loop that
     serves REST, so both share it.
@@ -262,7 +266,7 @@ async def start_grpc_server(
         return None
     server = grpc.aio.server(
         options=server_options(settings, reuse_port),
-        maximum_concurrent_rpcs=settings.max_connections,
+        maximum_concurrent_rpcs=rpc_limit or settings.max_connections,
         interceptors=interceptors(dataplane.admission.grpc),
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(

@@ -9,6 +9,8 @@ the first request); otherwise it is answered 408 in the v2 shape and the connect
 from __future__ import annotations
 
 import asyncio
+import mmap
+from collections.abc import Callable
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -23,8 +25,28 @@ def _timeout_response(seconds: float) -> bytes:
     return head.encode("latin-1") + body
 
 
-def with_read_timeout(read_timeout_s: float) -> type[HttpToolsProtocol]:
-    """The protocol class uvicorn should use (``uvicorn.Config(http=...)``)."""
+class ConnectionTally:
+    """Open HTTP connections of every front-end worker (``--workers N``), so the connection cap
+    counts the server's connections, not one worker's: an anonymous shared mapping made before
+    the workers fork, one 8-byte slot per worker, written by its owner on connect and disconnect
+    and summed by the cap."""
+
+    def __init__(self, workers: int) -> None:
+        self._memory = mmap.mmap(-1, 8 * workers)
+        self._slots = memoryview(self._memory).cast("q")
+
+    def set(self, worker: int, connections: int) -> None:
+        self._slots[worker] = connections
+
+    def total(self) -> int:
+        return sum(self._slots)
+
+
+def with_read_timeout(
+    read_timeout_s: float, on_connections: Callable[[], None] | None = None
+) -> type[HttpToolsProtocol]:
+    """The protocol class uvicorn should use (``uvicorn.Config(http=...)``); ``on_connections``
+    runs after each connection opens or closes (to publish the count to a ConnectionTally)."""
     timeout_answer = _timeout_response(read_timeout_s)
 
     class ReadTimeoutProtocol(HttpToolsProtocol):
@@ -33,6 +55,8 @@ def with_read_timeout(read_timeout_s: float) -> type[HttpToolsProtocol]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
+            if on_connections is not None:
+                on_connections()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -45,6 +69,8 @@ def with_read_timeout(read_timeout_s: float) -> type[HttpToolsProtocol]:
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+            if on_connections is not None:
+                on_connections()
 
         def _arm(self) -> None:
             self._disarm()

@@ -12,11 +12,12 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import uvicorn
 
 from service.dataplane import DataPlane
-from service.http_protocol import with_read_timeout
+from service.http_protocol import ConnectionTally, with_read_timeout
 from service.rest import build_app
 from service.settings import Settings
 from service.tls import uvicorn_options
@@ -84,30 +85,57 @@ def bind_http_socket(host: str, port: int, reuse_port: bool = False) -> socket.s
     return sock
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerPlace:
+    """Where a front-end worker of ``--workers N`` stands: it shares the ports, and the
+    connection cap with the others."""
+
+    number: int  # 0 .. count - 1
+    count: int
+    connections: ConnectionTally
+
+
 async def serve(
-    settings: Settings, dataplane: DataPlane | None = None, reuse_port: bool = False
+    settings: Settings, dataplane: DataPlane | None = None, place: WorkerPlace | None = None
 ) -> None:
     """Start everything, serve until SIGINT/SIGTERM, then finish queued work and stop.
-    ``dataplane``: a front-end worker's (``--workers N``); ``reuse_port``: share the ports."""
+    ``dataplane`` and ``place``: a front-end worker's (``--workers N``)."""
     dataplane = dataplane or DataPlane(settings)
+    reuse_port = place is not None
     await dataplane.start()
     grpc_server = None
     if settings.grpc_port:
         from service.grpc_server import start_grpc_server
 
-        started = await start_grpc_server(dataplane, settings, reuse_port)
+        # gRPC calls in flight are capped per process: each worker takes its share
+        rpc_limit = -(-settings.max_connections // place.count) if place else None
+        started = await start_grpc_server(dataplane, settings, reuse_port, rpc_limit)
         if started is not None:
             grpc_server, grpc_port = started
             log.info("gRPC listening on %s:%d", settings.host, grpc_port)
     http_socket = bind_http_socket(settings.host, settings.http_port, reuse_port)
+
     # the server is created below; the cap asks it only while serving
-    app = build_app(dataplane, lambda: len(server.server_state.connections))
+    def connections() -> int:
+        return len(server.server_state.connections)
+
+    published = None
+    count = connections
+    if place is not None:
+        tally, number = place.connections, place.number
+        tally.set(number, 0)  # a replacement worker: its predecessor's connections are gone
+
+        def published() -> None:
+            tally.set(number, connections())
+
+        count = tally.total
+    app = build_app(dataplane, count)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.http_port,
         loop="none",
-        http=with_read_timeout(settings.http_read_timeout_s),
+        http=with_read_timeout(settings.http_read_timeout_s, published),
         timeout_graceful_shutdown=settings.exit_timeout_s,
         lifespan="off",
         access_log=False,

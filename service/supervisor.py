@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from service.server import bind_http_socket, configure_logging, install_loop, serve
+from service.http_protocol import ConnectionTally
+from service.server import WorkerPlace, bind_http_socket, configure_logging, install_loop, serve
 from service.settings import Settings
 
 log = logging.getLogger("infergate")
@@ -45,6 +46,7 @@ class ProcessTree:
         self.started: dict[int, float] = {}  # pid -> monotonic start time
         self.stopping = False
         self.pid = os.getpid()
+        self.connections = ConnectionTally(worker_count)
 
     def run(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,7 +91,8 @@ class ProcessTree:
             os._exit(code)
 
     def _start_worker(self, number: int) -> None:
-        pid = self._fork(f"worker-{number}", self._worker_main)
+        place = WorkerPlace(number - 1, self.worker_count, self.connections)
+        pid = self._fork(f"worker-{number}", lambda: self._worker_main(place))
         self.workers[pid] = number
 
     def _executor_main(self) -> None:
@@ -97,11 +100,11 @@ class ProcessTree:
 
         run_executor(self.settings, self.runtime_dir)
 
-    def _worker_main(self) -> None:
+    def _worker_main(self, place: WorkerPlace) -> None:
         from service.frontend import FrontEndPlane
 
         async def main() -> None:
-            await serve(self.settings, FrontEndPlane(self.settings, self.socket_path), True)
+            await serve(self.settings, FrontEndPlane(self.settings, self.socket_path), place)
 
         asyncio.run(main())
 
@@ -188,6 +191,8 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 def supervise(settings: Settings) -> None:
     """Serve with ``settings.worker_count()`` front-end workers until SIGTERM / SIGINT."""
+    import service.frontend  # noqa: F401 - loaded once here, so a replacement forks warm
+
     workers = settings.worker_count()
     reservations = [reserve_port(settings.host, settings.http_port)]
     http_port = reservations[0].getsockname()[1]

@@ -277,10 +277,17 @@ def test_connections_beyond_the_cap_get_a_fast_503(example_repo: Path, tmp_path:
     try:
         serves(server)
         idle = [socket.create_connection(("127.0.0.1", server.http_port)) for _ in range(12)]
-        with httpx.Client(timeout=60) as client:
-            shed = client.post(f"{server.base_url}/v2/models/digits_mlp/infer", json=GOOD)
-        assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
-        assert "more than 8 connections" in shed.json()["error"]
+
+        def shed() -> httpx.Response | None:
+            """A request on a new connection, once the server has taken in the idle ones (with
+            --workers N each worker accepts its share of them on its own)."""
+            with httpx.Client(timeout=60) as client:
+                answer = client.post(f"{server.base_url}/v2/models/digits_mlp/infer", json=GOOD)
+            return answer if answer.status_code != 200 else None
+
+        refused = wait_until(shed, 60, "the connection cap to refuse a request")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "more than 8 connections" in refused.json()["error"]
         for sock in idle:
             sock.close()
         wait_until(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,39 @@ def _infer(gateway: Gateway, model: str = "digits_mlp") -> httpx.Response:
     """One request on a connection of its own (the kernel picks the worker per connection)."""
     with httpx.Client(timeout=30) as http:
         return http.post(f"{gateway.base_url}/v2/models/{model}/infer", json=BODY)
+
+
+@contextmanager
+def _under_load(gateway: Gateway, threads: int = 4) -> Iterator[list[str]]:
+    """Clients sending requests back to back (keep-alive; a lost connection is reopened) until
+    the block ends; yields their outcomes: status codes, or "transport" for a dropped
+    connection. A request that hangs fails the test through its 30 s timeout."""
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post(
+                        f"{gateway.base_url}/v2/models/digits_mlp/infer", json=BODY
+                    )
+                    outcomes.append(str(response.status_code))
+                except httpx.TimeoutException:
+                    outcomes.append("hung")
+                except httpx.TransportError:
+                    outcomes.append("transport")
+
+    running = [threading.Thread(target=client) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    try:
+        wait_until(lambda: len(outcomes) >= 20, what="the load to start")
+        yield outcomes
+    finally:
+        stop.set()
+        for thread in running:
+            thread.join(60)
 
 
 @contextmanager
@@ -106,19 +140,22 @@ def test_statistics_and_metrics_count_every_request_of_every_worker(two_workers:
 
 def test_a_killed_worker_is_replaced_and_the_other_serves_meanwhile(two_workers: Gateway) -> None:
     victim, survivor = sorted(_workers(two_workers))
-    with _supervisor_stopped(two_workers):
-        os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: _dead(victim), what="the kill")
-        statuses = [_infer(two_workers).status_code for _ in range(10)]
-        assert statuses == [200] * 10, "the surviving worker takes every new connection"
-    wait_until(
-        lambda: len(_workers(two_workers)) == 2,
-        what=f"a replacement worker ({two_workers.log()[-800:]})",
-    )
-    assert survivor in _workers(two_workers) and victim not in _workers(two_workers)
-    assert re.search(
-        rf"worker-\d \(pid {victim}\) was killed by SIGKILL; replaced", two_workers.log()
-    )
+    with _under_load(two_workers) as outcomes:
+        with _supervisor_stopped(two_workers):
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: _dead(victim), what="the kill")
+            statuses = [_infer(two_workers).status_code for _ in range(10)]
+            assert statuses == [200] * 10, "the surviving worker takes every new connection"
+        replaced = re.compile(
+            rf"worker-\d \(pid {victim}\) was killed by SIGKILL; replaced by pid (\d+)"
+        )
+        found = wait_until(
+            lambda: replaced.search(two_workers.log()), what="the replacement's log line"
+        )
+        assert _workers(two_workers) == {survivor, int(found.group(1))}
+        served = len(outcomes)
+        wait_until(lambda: len(outcomes) > served + 20, what="the load to go on")
+    assert set(outcomes) <= {"200", "transport"}, "only the killed worker's connections broke"
     assert [_infer(two_workers).status_code for _ in range(10)] == [200] * 10
 
 
@@ -133,7 +170,7 @@ def test_a_killed_executor_means_503_then_its_models_come_back(
         loaded = httpx.post(f"{server.base_url}/v2/repository/models/cancer_gbt/load", timeout=60)
         assert loaded.status_code == 200
         executor = _executor(server)
-        with _supervisor_stopped(server):
+        with _under_load(server) as outcomes, _supervisor_stopped(server):
             os.kill(executor, signal.SIGKILL)
             wait_until(lambda: _dead(executor), what="the kill")
 
@@ -144,6 +181,7 @@ def test_a_killed_executor_means_503_then_its_models_come_back(
             response = wait_until(refused, what="503 from the workers")
             assert "executor process is restarting" in response.json()["error"]
             assert httpx.get(f"{server.base_url}/v2/health/ready").status_code == 503
+            assert set(outcomes) <= {"200", "503"}, "in flight: answered or a precise 503"
         wait_until(lambda: _executor(server) != executor, what="a new executor")
         wait_until(
             lambda: httpx.get(f"{server.base_url}/v2/health/ready").status_code == 200,
