@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +128,10 @@ def tree_cpu_s(pid: int) -> float:
 
 def counters(host: str, model: str) -> dict[str, int]:
     """Success, cache-hit, inference and execution counts of ``model`` (all versions)."""
-    stats = httpx.get(f"http://{host}/v2/models/{model}/stats", timeout=30).json()
+    response = httpx.get(f"http://{host}/v2/models/{model}/stats", timeout=30)
+    if response.status_code != 200:
+        raise ValueError(f"GET /v2/models/{model}/stats: {response.status_code} {response.text}")
+    stats = response.json()
     total = {"success": 0, "cache_hit": 0, "inference_count": 0, "execution_count": 0}
     for entry in stats["model_stats"]:
         total["success"] += int(entry["inference_stats"]["success"]["count"])
@@ -207,29 +210,67 @@ def measure(bench: Bench, served: Served, model: str, protocol: str) -> dict[str
     return result
 
 
-def warm_up(served: Served, models: set[str]) -> None:
-    """A second of JSON load per model: sessions, batchers and connections past their first use."""
+def warm_up(served: Served, models: set[str]) -> int:
+    """A second of JSON load per model (sessions, batchers, connections past their first use);
+    returns the errors wrk saw, which a ready server should not give."""
+    errors = 0
     for model in sorted(models):
-        wrk(f"http://{served.http}/v2/models/{model}/infer", request_body(model), 16, 1)
+        url = f"http://{served.http}/v2/models/{model}/infer"
+        errors += wrk(url, request_body(model), 16, 1)["errors"]
+    return errors
 
 
 # --- cases ---------------------------------------------------------------------------------------
 
 
-def workers_ready(workers: int) -> Callable[[Gateway], bool]:
-    """Ready when every worker has started serving and /v2/health/ready says 200."""
+class WorkersReady:
+    """Ready when every worker has started serving and ``8 * N`` fresh connections in a row get
+    200 from /v2/health/ready (the kernel picks the worker per connection, so one worker still
+    answering 503 is all but certain to be hit); ``last`` says what a failed probe saw."""
 
-    def ready(gateway: Gateway) -> bool:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.last = "nothing probed yet"
+
+    def __call__(self, gateway: Gateway) -> bool:
         if not gateway.alive():
             raise RuntimeError(f"gateway exited:\n{gateway.log()[-3000:]}")
-        if workers > 1 and gateway.log().count("Started server process") < workers:
+        started = gateway.log().count("Started server process")
+        if self.workers > 1 and started < self.workers:
+            self.last = f"{started} of {self.workers} workers started"
             return False
-        try:
-            return httpx.get(f"{gateway.base_url}/v2/health/ready", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
+        answers: dict[int, int] = {}
+        for _ in range(8 * self.workers if self.workers > 1 else 1):
+            try:
+                status = httpx.get(f"{gateway.base_url}/v2/health/ready", timeout=5).status_code
+            except httpx.HTTPError:
+                status = 0
+            answers[status] = answers.get(status, 0) + 1
+            if status != 200:
+                self.last = f"/v2/health/ready answers by status, fresh connections: {answers}"
+                return False
+        return True
 
-    return ready
+
+def start_workers(
+    bench: Bench, name: str, workers: int, extra: list[str], env: dict[str, str]
+) -> tuple[Gateway, list[str]]:
+    """A gateway every worker of which is ready; a start that is not within 60 s is recorded
+    (its log kept) and retried, twice at most."""
+    failures: list[str] = []
+    for attempt in range(1, 4):
+        args = ["--workers", str(workers), "--http-port", str(free_port()), *extra]
+        probe = WorkersReady(workers)
+        try:
+            return start_gateway(bench.repo, *args, env=env, timeout=60, ready=probe), failures
+        except (AssertionError, RuntimeError) as exc:
+            found = re.search(r"\((/\S+\.log)\)", str(exc))
+            kept = bench.logs / f"{name}-failed-start-{attempt}.log"
+            if found:
+                shutil.copyfile(found.group(1), kept)
+            failures.append(f"attempt {attempt}: not ready in 60 s: {probe.last} (log {kept.name})")
+            print(f"  {name}: {failures[-1]}", flush=True)
+    raise RuntimeError(f"{name}: no ready gateway in 3 starts: {failures}")
 
 
 def log_report(bench: Bench, name: str, gateway: Gateway) -> dict[str, Any]:
@@ -258,24 +299,33 @@ def gateway_case(
 ) -> dict[str, Any]:
     """A fresh gateway with ``--workers N``: start, wait for every worker, measure, stop."""
     print(f"{name}: infergate serve --workers {workers} {' '.join(extra)}", flush=True)
-    args = ["--workers", str(workers), "--http-port", str(free_port()), *extra]
-    gateway = start_gateway(bench.repo, *args, env=env, ready=workers_ready(workers))
+    gateway, failures = start_workers(bench, name, workers, extra, env)
     roots, stats = {"gateway": gateway.process.pid}, {"gateway": gateway.http_url}
     if triton is not None and triton.process is not None:
         roots["triton"], stats["triton"] = triton.process.pid, triton.http_url
     served = Served(name, gateway.http_url, gateway.grpc_url, roots, stats)
+    runs: dict[str, Any] = {}
+    processes, warm_up_errors = 0, 0
     try:
-        warm_up(served, {model for model, _ in loads})
+        warm_up_errors = warm_up(served, {model for model, _ in loads})
         processes = len(tree_pids(gateway.process.pid))
-        runs = {
-            f"{model}/{protocol}": measure(bench, served, model, protocol)
-            for model, protocol in loads
-        }
+        for model, protocol in loads:
+            runs[f"{model}/{protocol}"] = measure_safely(bench, served, model, protocol)
     finally:
         exit_code = gateway.stop()
-    report = log_report(bench, name, gateway)
+        report = log_report(bench, name, gateway)
     report.update(workers=workers, args=extra, env=env, processes=processes, exit_code=exit_code)
+    report.update(warm_up_errors=warm_up_errors, failed_starts=failures)
     return {**report, "runs": runs}
+
+
+def measure_safely(bench: Bench, served: Served, model: str, protocol: str) -> dict[str, Any]:
+    """``measure``, a failure (a stats call refused, a tool that crashed) recorded, not raised."""
+    try:
+        return measure(bench, served, model, protocol)
+    except (httpx.HTTPError, KeyError, ValueError, OSError, subprocess.SubprocessError) as exc:
+        print(f"  {served.name}: {model} over {protocol} failed: {exc!r}", flush=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def triton_direct(bench: Bench, triton: TritonServer, loads: list[Load]) -> dict[str, Any]:
@@ -286,7 +336,8 @@ def triton_direct(bench: Bench, triton: TritonServer, loads: list[Load]) -> dict
     served = Served("triton", host, triton.grpc_url, {"triton": pid}, {"triton": host})
     warm_up(served, {model for model, _ in loads})
     runs = {
-        f"{model}/{protocol}": measure(bench, served, model, protocol) for model, protocol in loads
+        f"{model}/{protocol}": measure_safely(bench, served, model, protocol)
+        for model, protocol in loads
     }
     return {"runs": runs, "processes": len(tree_pids(pid)), "log": str(triton.log_path)}
 
@@ -479,6 +530,10 @@ def print_report(report: dict[str, Any]) -> None:
         ratio_table.add_row(name, f"{value:.3f}")
     console.print(ratio_table)
     for name, case in report["cases"].items():
+        for failure in case.get("failed_starts", []):
+            console.print(f"[red]{name}: {failure}[/red]")
+        if case.get("warm_up_errors"):
+            console.print(f"[red]{name}: {case['warm_up_errors']} errors during the warm-up[/red]")
         if case.get("log_problem_count"):
             console.print(
                 f"[yellow]{name}: {case['log_problem_count']} warning/error lines in "

@@ -19,7 +19,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
@@ -75,9 +75,8 @@ class Snapshot:
     entries: tuple[EntryInfo, ...]
 
 
-@dataclass(slots=True)
-class SubmitCall:
-    """One request for a model's batcher, as a worker sends it."""
+class SubmitCall(NamedTuple):
+    """One request for a model's batcher, as a worker sends it (a tuple: cheap to pickle)."""
 
     model: str
     version: str
@@ -172,8 +171,9 @@ class Executor:
     # -- calls from workers ---------------------------------------------------------------
     def _handle(self, kind: str, payload: object, channel: Channel, call_id: int) -> object:
         if kind == "submit":
-            assert isinstance(payload, SubmitCall)
-            return self._submit(payload, channel, call_id)
+            return self._submit(
+                SubmitCall._make(cast("tuple[object, ...]", payload)), channel, call_id
+            )
         if kind == "cancel":
             assert isinstance(payload, int)
             cancelled = self._cancelled.get(channel)

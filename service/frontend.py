@@ -25,7 +25,7 @@ from service.batching import Outputs
 from service.cache import ResponseCache
 from service.dataplane import DataPlane
 from service.errors import InferenceError, Internal, Unavailable
-from service.executor import EntryInfo, Snapshot, SubmitCall, VersionInfo
+from service.executor import EntryInfo, Snapshot, VersionInfo
 from service.ipc import Channel, connect
 from service.metrics import ModelCounters, registry_text
 from service.metrics import render as render_metrics
@@ -77,8 +77,9 @@ class ExecutorLink:
         return self.channel.call(kind, payload)
 
     def submit(
-        self, call: SubmitCall, client_gone: Callable[[], bool] | None
+        self, call: tuple[object, ...], client_gone: Callable[[], bool] | None
     ) -> asyncio.Future[Outputs]:
+        """Send a SubmitCall's fields (a plain tuple: the cheapest to pickle)."""
         channel = self.channel
         if channel is None:
             return _failed(self.plane.mirror.down_error())
@@ -149,19 +150,8 @@ class RemoteScheduler:
         tokens: int = 0,
         key: str | None = None,
     ) -> asyncio.Future[Outputs]:
-        call = SubmitCall(
-            self.name,
-            self.version,
-            inputs,
-            rows,
-            signature,
-            priority,
-            timeout_us,
-            tokens,
-            key,
-            client_gone is not None,
-        )
-        return self.link.submit(call, client_gone)
+        call = (self.name, self.version, inputs, rows, signature, priority, timeout_us, tokens)
+        return self.link.submit((*call, key, client_gone is not None), client_gone)
 
     async def close(self) -> None:
         return None

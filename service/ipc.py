@@ -15,6 +15,8 @@ future it resolves later (the executor's batch futures), so a request costs no e
 from __future__ import annotations
 
 import asyncio
+import copyreg
+import io
 import logging
 import pickle
 import struct
@@ -22,8 +24,11 @@ from collections.abc import Awaitable, Callable
 from itertools import count
 from typing import cast
 
+import numpy as np
+
 from service import errors
 from service.errors import InferenceError, Internal, Unavailable
+from service.types import Array
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +41,35 @@ _CALL, _OK, _ERROR, _NOTE = range(4)
 Handler = Callable[[str, object, "Channel", int], object]
 
 
+def _reduce_array(array: Array) -> str | tuple[object, ...]:
+    if array.dtype.kind != "O" and array.flags.c_contiguous:
+        data = pickle.PickleBuffer(array)  # type: ignore[arg-type]
+        return _array, (array.dtype.str, array.shape, data)
+    return array.__reduce_ex__(5)  # BYTES (object) tensors: pickled in band
+
+
+class _Pickler(pickle.Pickler):
+    """Plain arrays as (dtype, shape, out-of-band buffer): numpy's own reduction costs several
+    times more per array (7.6 vs ~2 µs for a 64-float tensor), and a request is mostly arrays.
+    A dispatch table entry, unlike ``reducer_override``, is consulted for arrays only."""
+
+    dispatch_table = {**copyreg.dispatch_table, np.ndarray: _reduce_array}  # type: ignore[dict-item]
+
+
+def _array(dtype: str, shape: tuple[int, ...], buffer: memoryview) -> Array:
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
 def encode(message: object) -> list[bytes | memoryview]:
     """A frame as the pieces one vectored write sends."""
     buffers: list[pickle.PickleBuffer] = []
-    body = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    stream = io.BytesIO()
+    _Pickler(stream, protocol=5, buffer_callback=buffers.append).dump(message)
+    body = stream.getbuffer()
     raws = [buffer.raw() for buffer in buffers]
     lengths = b"".join(_LENGTH.pack(raw.nbytes) for raw in raws)
-    total = _HEADER.size - 4 + len(lengths) + len(body) + sum(raw.nbytes for raw in raws)
-    return [_HEADER.pack(total, len(body), len(raws)), lengths, body, *raws]
+    total = _HEADER.size - 4 + len(lengths) + body.nbytes + sum(raw.nbytes for raw in raws)
+    return [_HEADER.pack(total, body.nbytes, len(raws)), lengths, body, *raws]
 
 
 def decode(frame: bytearray) -> object:

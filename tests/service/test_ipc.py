@@ -84,3 +84,21 @@ async def test_calls_in_flight_fail_with_503_when_the_peer_goes_away(tmp_path: P
     with pytest.raises(Unavailable):
         await client.call("after", None)
     server.close()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([[True, False]]),
+        np.arange(6, dtype=np.float16).reshape(2, 3),
+        np.array([b"x", b"", b"yz"], dtype=np.object_),
+        np.zeros((0, 3), np.int64),
+        np.arange(12).reshape(3, 4)[:, ::2],  # not contiguous: pickled by numpy itself
+    ],
+    ids=["BOOL", "FP16", "BYTES", "empty", "strided"],
+)
+def test_every_kind_of_tensor_comes_back_equal(array: np.ndarray) -> None:
+    back = decode(_frame(array))
+    assert isinstance(back, np.ndarray)
+    assert (back.dtype, back.shape) == (array.dtype, array.shape)
+    np.testing.assert_array_equal(back, array)
