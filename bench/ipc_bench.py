@@ -311,6 +311,8 @@ def measure(transport: str, nbytes: int, count: int, warmup: int) -> list[float]
             target = {"a_socket": serve_socket, "a_channel": serve_channel, "c_shm": serve_shm}
             echo = fork.Process(target=target[transport], args=(server, *memories))
         echo.start()
+        if transport != "b_zmq":
+            server.close()  # the echo process has its own copy of the listening socket
         try:
             if transport == "a_channel":
                 return channel_timings(path, message, count, warmup)

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     log_json: bool = Field(
         default=False, description="one JSON object per log line instead of text"
     )
-    workers: int | Literal["auto"] = Field(
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto",
         description="front-end processes sharing the ports over one executor process; 'auto' = "
         "the usable cores (CPU quota included), at most 8; 1 = everything in one process",
@@ -239,17 +239,18 @@ class Settings(BaseSettings):
     def worker_count(self) -> int:
         """``workers`` as a number: ``auto`` = the cores this process may use, at most 8."""
         if self.workers != "auto":
-            return max(int(self.workers), 1)
+            return self.workers
         return max(1, min(usable_cores(), 8))
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on, lowered by a cgroup v2 CPU quota (a container's limit)."""
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may run on, lowered by a cgroup v2 CPU quota (a container's limit:
+    ``docker run --cpus``, compose ``cpus``, a Kubernetes CPU limit)."""
     cores = len(os.sched_getaffinity(0))
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = cpu_max.read_text().split()[:2]
     except (OSError, ValueError):
         return cores
     if quota == "max":
         return cores
-    return max(1, min(cores, int(int(quota) // int(period))))
+    return max(1, min(cores, -(-int(quota) // int(period))))  # rounded up, as Kubernetes does
