@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -150,6 +151,9 @@ class Executor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        gc.collect()  # as in the workers (service.server): long-lived objects need no scanning
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         await stop.wait()
         await self.stop()
 

@@ -311,13 +311,22 @@ class FrontEndPlane(DataPlane):
         return cast(float, await self.link.call("take_local", (principal, rows)))
 
     async def model_statistics(self, name: str = "", version: str = "") -> JsonObject:
-        self.local_statistics(name, version)  # NotFound / Unavailable here, with the reason
-        return cast(JsonObject, await self.link.call("stats", (name, version)))
+        """Every process's counts summed (by the executor, which asks each worker)."""
+        local = self.local_statistics(name, version)  # NotFound / Unavailable, with the reason
+        try:
+            return cast(JsonObject, await self.link.call("stats", (name, version)))
+        except InferenceError:  # the executor is away: this worker's own counts
+            return local
 
     async def metrics(self) -> bytes:
-        counters, registry = cast(
-            "tuple[list[ModelCounters], bytes]", await self.link.call("metrics", None)
-        )
+        """Every process's counters and registry summed; this worker's alone while the executor
+        is away (a scrape then still answers, with what this process counted)."""
+        try:
+            counters, registry = cast(
+                "tuple[list[ModelCounters], bytes]", await self.link.call("metrics", None)
+            )
+        except InferenceError:
+            counters, registry = self.local_counters(), registry_text()
         return render_metrics(counters, registry)
 
     def handle(self, kind: str, payload: object, channel: Channel, call_id: int) -> object:

@@ -181,6 +181,7 @@ def test_a_killed_executor_means_503_then_its_models_come_back(
             response = wait_until(refused, what="503 from the workers")
             assert "executor process is restarting" in response.json()["error"]
             assert httpx.get(f"{server.base_url}/v2/health/ready").status_code == 503
+            assert httpx.get(f"{server.base_url}/metrics").status_code == 200  # its own counts
             assert set(outcomes) <= {"200", "503"}, "in flight: answered or a precise 503"
         wait_until(lambda: _executor(server) != executor, what="a new executor")
         wait_until(
