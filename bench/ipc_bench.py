@@ -16,6 +16,10 @@ message, ``(tag, call id, kind, (model, version, {"input": array}, outputs))``:
   copied into the next slot and only the pickle plus (offset, size) travel over a Unix socket;
   the receiver's array is a view on the slot (valid until the ring comes round again).
 
+All four pickle with ``service.ipc.encode``'s pickler (arrays as dtype, shape and an
+out-of-band buffer) and unpickle with ``pickle.loads(..., buffers=...)``, so only the transport
+differs.
+
 Each transport runs ``--rounds`` times, interleaved with the others; the report keeps the median
 of each figure over the rounds. Writes ``bench/results/ipc_bench.json`` and prints the table
 (µs per round trip, median and p99, round trips/s and MB/s from the mean, ratio to ``a_socket``).
@@ -173,10 +177,16 @@ def channel_timings(path: str, message: Message, count: int, warmup: int) -> lis
 # --- pyzmq PAIR over ipc:// (b_zmq) --------------------------------------------------------------
 
 
+def pickled(message: object) -> tuple[bytes | memoryview, list[bytes | memoryview]]:
+    """The pickle and the out-of-band buffers exactly as ``service.ipc.encode`` makes them (its
+    frame is header, buffer lengths, pickle, buffers), so only the transport differs."""
+    pieces = ipc.encode(message)
+    return pieces[2], pieces[3:]
+
+
 def zmq_send(sock: zmq.Socket[Any], message: object) -> None:
-    buffers: list[pickle.PickleBuffer] = []
-    body = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
-    sock.send_multipart([body, *(buffer.raw() for buffer in buffers)], copy=False)
+    body, buffers = pickled(message)
+    sock.send_multipart([body, *buffers], copy=False)
 
 
 def zmq_recv(sock: zmq.Socket[Any]) -> object:
@@ -224,18 +234,17 @@ class Ring:
 
     def put(self, message: object) -> bytes:
         """Copy the tensor bytes into a slot; return the control message that points at them."""
-        buffers: list[pickle.PickleBuffer] = []
-        body = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+        body, buffers = pickled(message)
         offset = self.next * SLOT_BYTES
         self.next = (self.next + 1) % SLOTS
         refs = []
         for buffer in buffers:
-            raw = buffer.raw()
+            raw = memoryview(buffer).cast("B")
             assert offset + raw.nbytes <= (offset // SLOT_BYTES + 1) * SLOT_BYTES, "slot too small"
             self.memory.buf[offset : offset + raw.nbytes] = raw
             refs.append((offset, raw.nbytes))
             offset += raw.nbytes
-        return pickle.dumps((body, refs), protocol=5)
+        return pickle.dumps((bytes(body), refs), protocol=5)
 
     def get(self, control: bytes | bytearray) -> object:
         """The message, its arrays views on the slot (no copy)."""

@@ -7,7 +7,8 @@ batch-1 requests at 16 concurrent clients:
   JSON (``wrk``), REST binary tensors (``perf_analyzer -i http``) and gRPC (``-i grpc``), and
   ``minilm_embed`` (32 token ids, as ``gateway_bench.py`` sends) over gRPC and binary REST;
 - ``cache``: the cache forced on and the same request sent again and again, so every request
-  after the first is a hit answered by the front end alone (the executor is never asked);
+  after the first is a hit: no batcher or session runs (with N > 1 and no Redis the hit is
+  still looked up in the executor's in-process store, one IPC round trip);
 - ``triton``: Triton 2.51 itself (the python-backend twin of the same ``digits_mlp`` ONNX file,
   as ``perf_analyzer.py`` starts it) over HTTP and gRPC;
 - ``via-triton`` / ``via-triton-nobatch``: the gateway with ``--backend triton`` in front of that
@@ -148,7 +149,10 @@ def perf_analyzer(bench: Bench, url: str, protocol: str, model: str, tag: str) -
     """One perf_analyzer run, batch 1 at ``bench.concurrency``: three windows averaged."""
     out_csv = bench.work / f"{tag}.csv"
     window_ms = max(1000, bench.duration * 1000 // 3)
-    command = [str(bench.pa), "-m", model, "-u", url, "-i", protocol, "-b", "1"]
+    # -x: the version served by default; without it perf_analyzer 2.51 stops with "failed to
+    # find the requested model version" on windows of cache hits only (inference_count still)
+    version = model_file(bench.repo, model, "").parent.name
+    command = [str(bench.pa), "-m", model, "-x", version, "-u", url, "-i", protocol, "-b", "1"]
     command += ["--concurrency-range", f"{bench.concurrency}:{bench.concurrency}"]
     command += ["--measurement-interval", str(window_ms), "--stability-percentage", "100"]
     command += ["--max-trials", "6", "-f", str(out_csv)]
@@ -266,8 +270,8 @@ def start_workers(
         except (AssertionError, RuntimeError) as exc:
             found = re.search(r"\((/\S+\.log)\)", str(exc))
             kept = bench.logs / f"{name}-failed-start-{attempt}.log"
-            if found:
-                shutil.copyfile(found.group(1), kept)
+            if found and Path(found.group(1)).is_file():
+                shutil.move(found.group(1), kept)
             failures.append(f"attempt {attempt}: not ready in 60 s: {probe.last} (log {kept.name})")
             print(f"  {name}: {failures[-1]}", flush=True)
     return None, failures
@@ -277,7 +281,7 @@ def log_report(bench: Bench, name: str, gateway: Gateway) -> dict[str, Any]:
     """The process layout the log names, and its warning/error lines; the log is kept."""
     text = gateway.log()
     kept = bench.logs / f"{name}.log"
-    shutil.copyfile(gateway.log_path, kept)
+    shutil.move(gateway.log_path, kept)  # out of /tmp, where start_gateway leaves it
     layout = re.search(r"process layout: (.*)", text)
     problems = [line for line in text.splitlines() if PROBLEM.search(line)]
     return {
@@ -506,7 +510,7 @@ def print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=160)
+    console = Console(width=200)
     table = Table(
         title=f"--workers N, batch 1 at {report['concurrency']} clients, "
         f"{report['duration_s']} s windows (values for N = 1 / 2 (/ 4); * = perf_analyzer failed, "

@@ -107,8 +107,11 @@ def test_answers_equal_onnxruntime_over_rest_and_grpc(cluster: Cluster) -> None:
         expected = cluster.reference(x)
         np.testing.assert_allclose(_http_infer(cluster.gateway.http_url, x), expected, rtol=1e-5)
         np.testing.assert_allclose(_grpc_infer(grpc, x), expected, rtol=1e-5)
-    after = [r.inference_count(MODEL) for r in cluster.replicas]
-    assert sum(after) - sum(before) >= 6, "the requests did not reach Triton"
+    # Triton records statistics after it sent the response: wait for the last one to land
+    wait_until(
+        lambda: sum(r.inference_count(MODEL) for r in cluster.replicas) - sum(before) >= 6,
+        what="Triton to count the 6 requests (did they reach it?)",
+    )
 
 
 def test_metadata_and_config_come_from_triton(cluster: Cluster) -> None:
