@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, cast
@@ -113,7 +114,7 @@ class Executor:
         self.channels: set[Channel] = set()
         self._cancelled: dict[Channel, set[int]] = {}
         self._flights: dict[str, _Flight] = {}
-        self._generation = 0
+        self._generation = time.monotonic_ns()
         self._sent: tuple[object, ...] = ()
         self._started = False
         self._instances: dict[int, int] = {}  # id(ModelVersion) -> instance number
@@ -351,8 +352,10 @@ class Executor:
         )
 
     def _push(self) -> int:
-        """Send every worker the current snapshot; returns its generation."""
-        self._generation += 1
+        """Send every worker the current snapshot; returns its generation. Generations follow
+        the system's monotonic clock, so a restarted executor's are newer than its
+        predecessor's, and a worker can always tell the newest snapshot it was sent."""
+        self._generation = max(self._generation + 1, time.monotonic_ns())
         self._sent = self._digest()
         snapshot = self.snapshot()
         for channel in list(self.channels):

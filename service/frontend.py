@@ -99,7 +99,7 @@ class ExecutorLink:
             self.channel = channel
             try:
                 snapshot = await channel.call("snapshot", None)
-                self.plane.mirror.apply(cast(Snapshot, snapshot), fresh=True)
+                self.plane.mirror.apply(cast(Snapshot, snapshot))
                 self._first_snapshot.set()
                 log.info("connected to the executor")
             except InferenceError:
@@ -188,9 +188,11 @@ class MirrorRepository(RepositoryView):
     def ready(self) -> bool:
         return self.link.connected and self.started and super().ready()
 
-    def apply(self, snapshot: Snapshot, fresh: bool = False) -> None:
-        """Take a snapshot newer than the last (``fresh``: the first from a new connection)."""
-        if not fresh and snapshot.generation <= self.generation:
+    def apply(self, snapshot: Snapshot) -> None:
+        """Take a snapshot newer than the last. The reply to a worker's own "snapshot" call can
+        arrive after a newer pushed one (a notice is applied as it is read, the reply when its
+        awaiting task resumes): the generation, not the arrival order, decides."""
+        if snapshot.generation <= self.generation:
             return
         self.generation, self.started = snapshot.generation, snapshot.started
         seen = set()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +259,7 @@ async def test_a_lost_executor_fails_requests_with_503_and_its_successor_restore
     await tree.executor.stop()
     successor = Executor(settings, tmp_path)
     await successor.start()
+    assert successor.snapshot().generation > tree.executor.snapshot().generation
     try:
         await wait_until_async(lambda: a.ready() and b.ready(), what="both workers ready again")
         assert b.model_ready("cancer_gbt") and a.model_ready(MODEL)
@@ -268,3 +269,14 @@ async def test_a_lost_executor_fails_requests_with_503_and_its_successor_restore
         for plane in tree.planes:
             await plane.close()
         await successor.stop()
+
+
+async def test_a_snapshot_older_than_the_one_applied_is_ignored(tree: Tree) -> None:
+    """The reply to a worker's own snapshot call can be read after a newer pushed snapshot (the
+    race a fast-loading backend hit at startup): the older one must not undo the newer."""
+    a, _ = tree.planes
+    newer = tree.executor.snapshot()
+    older = replace(newer, generation=newer.generation - 1, started=False, entries=())
+    a.mirror.apply(older)
+    assert a.ready() and a.model_ready(MODEL)
+    assert [e.name for e in newer.entries] == sorted(a.mirror.models)
