@@ -179,9 +179,16 @@ class TritonServer:
         self.starts += 1
         return self
 
+    def __post_init__(self) -> None:
+        if len({self.http_port, self.grpc_port, self.metrics_port}) < 3:
+            self._new_ports()
+
     def _new_ports(self) -> None:
-        self.http_port, self.grpc_port = free_port(), free_port()
-        self.metrics_port = free_port()
+        """Three distinct free ports (two calls can return the same just-freed port)."""
+        ports: set[int] = set()
+        while len(ports) < 3:
+            ports.add(free_port())
+        self.http_port, self.grpc_port, self.metrics_port = sorted(ports)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
