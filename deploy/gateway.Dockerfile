@@ -39,8 +39,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     INFERGATE_WORKERS=auto
 WORKDIR /tmp
 USER 10001:10001
-# 8000 = HTTP/REST (+ /metrics), 8001 = gRPC. INFERGATE_WORKERS=auto: one front-end worker per core
-# of the container's CPU limit (cgroup cpu.max), at most 8, over one executor process.
+# 8000 = HTTP/REST (+ /metrics), 8001 = gRPC. INFERGATE_WORKERS=auto: front-end workers sized from
+# the container's CPU limit (cgroup cpu.max): one per core but one (the executor's), at most 8.
 EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "/usr/local/bin/infergate-healthcheck"]

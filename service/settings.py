@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto",
         description="front-end processes sharing the ports over one executor process; 'auto' = "
-        "the usable cores (CPU quota included), at most 8; 1 = everything in one process",
+        "one per usable core (CPU quota included) but one left to the executor, at most 8, "
+        "and a single process below 3 cores; 1 = everything in one process",
     )
     server_name: str = Field(
         default="infergate",
@@ -237,10 +238,14 @@ class Settings(BaseSettings):
         return value
 
     def worker_count(self) -> int:
-        """``workers`` as a number: ``auto`` = the cores this process may use, at most 8."""
+        """``workers`` as a number. ``auto``: a front end per usable core but one, which the
+        executor's batches and sessions need, at most 8; below 3 cores one process, because
+        there the extra processes and the hop between them cost more than they bring
+        (bench/workers_bench.py on 2 cores: REST 0.75-0.92x, gRPC 0.93-1.22x of one process)."""
         if self.workers != "auto":
             return self.workers
-        return max(1, min(usable_cores(), 8))
+        cores = usable_cores()
+        return min(cores - 1, 8) if cores >= 3 else 1
 
 
 def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:

@@ -23,8 +23,15 @@ def test_usable_cores_follow_the_cgroup_quota(tmp_path: Path, cpu_max: str, limi
     assert usable_cores(tmp_path / "absent") == cores
 
 
-def test_workers_auto_is_the_usable_cores_at_most_eight() -> None:
-    assert Settings(workers="auto").worker_count() == min(usable_cores(), 8)
+@pytest.mark.parametrize(("cores", "workers"), [(1, 1), (2, 1), (3, 2), (4, 3), (16, 8), (64, 8)])
+def test_workers_auto_leaves_the_executor_a_core(
+    monkeypatch: pytest.MonkeyPatch, cores: int, workers: int
+) -> None:
+    monkeypatch.setattr("service.settings.usable_cores", lambda: cores)
+    assert Settings(workers="auto").worker_count() == workers
+
+
+def test_workers_can_be_set() -> None:
     assert Settings(workers="3").worker_count() == 3  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         Settings(workers=0)
