@@ -7,9 +7,11 @@ supervisor replace what died.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,10 +19,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import openai
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http.aio as aiohttpclient
 
 from tests.helpers import Gateway, start_gateway, wait_until
+from tests.integration.test_cache_gateway import delta, http_inputs, sentence, stats
 
 BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
 
@@ -96,7 +101,7 @@ def _supervisor_stopped(gateway: Gateway) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def two_workers(example_repo: Path) -> Iterator[Gateway]:
-    server = start_gateway(example_repo, "--workers", "2", env={"INFERGATE_CACHE_ENABLED": "false"})
+    server = start_gateway(example_repo, "--workers", "2")
     yield server
     server.stop()
 
@@ -192,4 +197,66 @@ def test_a_killed_executor_means_503_then_its_models_come_back(
         ready = f"{server.base_url}/v2/models/cancer_gbt/ready"  # loaded by a call, restored
         assert [httpx.get(ready).status_code for _ in range(4)] == [200] * 4
     finally:
+        server.stop()
+
+
+def test_identical_requests_on_every_worker_execute_once(two_workers: Gateway) -> None:
+    """Fifty at once over many connections (so over both workers), no Redis: the executor joins
+    the copies in flight and keeps the result for those that come after."""
+    arrays = sentence(16, length=64)
+
+    async def burst() -> list[np.ndarray]:
+        clients = [aiohttpclient.InferenceServerClient(two_workers.http_url) for _ in range(10)]
+        try:
+            results = await asyncio.gather(
+                *(
+                    clients[i % 10].infer(
+                        "minilm_embed", http_inputs(arrays, True, aiohttpclient), model_version="1"
+                    )
+                    for i in range(50)
+                )
+            )
+        finally:
+            for client in clients:
+                await client.close()
+        return [r.as_numpy("sentence_embedding") for r in results]
+
+    before = stats(two_workers)
+    outputs = asyncio.run(burst())
+    for output in outputs:
+        np.testing.assert_array_equal(output, outputs[0])
+    after = stats(two_workers)
+    assert delta(after, before) == {"hits": 49, "misses": 1, "executions": 1, "success": 50}
+
+
+def test_text_embeddings_through_a_worker(two_workers: Gateway) -> None:
+    """The worker tokenizes (its own copy of the model's tokenizer), the executor runs."""
+    client = openai.OpenAI(base_url=f"{two_workers.base_url}/v1", api_key="unused")
+    for _ in range(4):  # new clients: both workers answer some
+        answer = client.embeddings.create(model="minilm_embed", input=["a cat", "a dog"])
+        assert [len(item.embedding) for item in answer.data] == [384, 384]
+        assert answer.usage.prompt_tokens > 4
+
+
+def test_the_connection_cap_counts_the_connections_of_every_worker(example_repo: Path) -> None:
+    server = start_gateway(
+        example_repo,
+        "--workers", "2", "--max-connections", "8", "--http-read-timeout-s", "600",
+    )  # fmt: skip
+    idle: list[socket.socket] = []
+    try:
+        idle = [socket.create_connection(("127.0.0.1", server.http_port)) for _ in range(12)]
+
+        def refused() -> httpx.Response | None:
+            answer = _infer(server)
+            return answer if answer.status_code == 503 else None
+
+        response = wait_until(refused, what="the cap to count both workers' connections")
+        assert "more than 8 connections" in response.json()["error"]
+        for sock in idle:
+            sock.close()
+        wait_until(lambda: _infer(server).status_code == 200, what="service after they closed")
+    finally:
+        for sock in idle:
+            sock.close()
         server.stop()
