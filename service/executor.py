@@ -334,21 +334,20 @@ class Executor:
         return self._instances.setdefault(id(model), len(self._instances) + 1)
 
     def _digest(self) -> tuple[object, ...]:
+        """What a snapshot shows, without serializing configs (compared every interval)."""
+        entries = sorted(self.repository.models.items())
         return (
             self._started,
             *(
-                (
-                    e.name,
-                    e.state,
-                    e.reason,
-                    e.wanted,
-                    e.default_version,
-                    tuple(
-                        (v, info.instance, info.healthy) for v, info in sorted(e.versions.items())
-                    ),
-                )
-                for e in self._entries()
+                (name, e.state, e.reason, e.wanted, e.default_version, self._health(e.versions))
+                for name, e in entries
             ),
+        )
+
+    def _health(self, versions: dict[str, ModelVersion]) -> tuple[object, ...]:
+        return tuple(
+            (version, self._instance(model), model.backend.healthy())
+            for version, model in sorted(versions.items())
         )
 
     def _push(self) -> int:

@@ -210,15 +210,20 @@ async def test_a_rate_limit_is_one_budget_across_workers(tree: Tree) -> None:
         await b.infer(_request(1.0))
 
 
-async def test_load_and_unload_through_one_worker_apply_to_all(
-    example_repo: Path, tmp_path: Path
-) -> None:
-    settings = Settings(
+def _explicit(example_repo: Path, tmp_path: Path) -> Settings:
+    """Explicit model control with only MODEL loaded at startup."""
+    return Settings(
         model_repo=_repo(example_repo, tmp_path, _one_instance),
         grpc_port=0,
         model_control_mode="explicit",
         startup_models=[MODEL],
     )
+
+
+async def test_load_and_unload_through_one_worker_apply_to_all(
+    example_repo: Path, tmp_path: Path
+) -> None:
+    settings = _explicit(example_repo, tmp_path)
     tree = await _start(settings, tmp_path)
     try:
         a, b = tree.planes
@@ -236,12 +241,7 @@ async def test_load_and_unload_through_one_worker_apply_to_all(
 async def test_a_lost_executor_fails_requests_with_503_and_its_successor_restores_the_models(
     example_repo: Path, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        model_repo=_repo(example_repo, tmp_path, _one_instance),
-        grpc_port=0,
-        model_control_mode="explicit",
-        startup_models=[MODEL],
-    )
+    settings = _explicit(example_repo, tmp_path)
     tree = await _start(settings, tmp_path)
     a, b = tree.planes
     await a.load_model("cancer_gbt")  # loaded by a call: the successor must load it again
