@@ -88,9 +88,7 @@ def test_sigterm_finishes_queued_and_running_requests(example_repo, tmp_path, wo
     """
     shutil.copytree(example_repo / "minilm_embed", tmp_path / "minilm_embed")
     edit_config(tmp_path / "minilm_embed" / "config.pbtxt", one_at_a_time)
-    # no shedding: on a slow, busy machine a round's predicted queue wait can pass 5 s
-    env = {"INFERGATE_CACHE_ENABLED": "false", "INFERGATE_MAX_QUEUE_WAIT_MS": "0"}
-    server = start_gateway(tmp_path, "--workers", workers, env=env)
+    server = start_gateway(tmp_path, "--workers", workers, env={"INFERGATE_CACHE_ENABLED": "false"})
     url = f"{server.base_url}/v2/models/minilm_embed/infer"
     statuses: list[int] = []
     threads: list[threading.Thread] = []
