@@ -118,6 +118,7 @@ class Executor:
         self._sent: tuple[object, ...] = ()
         self._started = False
         self._instances: dict[int, int] = {}  # id(ModelVersion) -> instance number
+        self._last_instance = 0
         self._server: asyncio.AbstractServer | None = None
         self._pusher: asyncio.Task[None] | None = None
 
@@ -162,6 +163,7 @@ class Executor:
         model.scheduler = DynamicBatcher(model, model.stats, self.settings)
 
     async def _detach(self, model: ModelVersion) -> None:
+        self._instances.pop(id(model), None)  # its id may be reused by a later object
         await model.scheduler.close()
         await model.backend.close()
 
@@ -331,7 +333,12 @@ class Executor:
         return entries
 
     def _instance(self, model: ModelVersion) -> int:
-        return self._instances.setdefault(id(model), len(self._instances) + 1)
+        """A number per loaded version object, never reused (workers rebuild on a new one)."""
+        number = self._instances.get(id(model))
+        if number is None:
+            self._last_instance += 1
+            number = self._instances[id(model)] = self._last_instance
+        return number
 
     def _digest(self) -> tuple[object, ...]:
         """What a snapshot shows, without serializing configs (compared every interval)."""

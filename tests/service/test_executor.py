@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from service.backends.base import Backend
@@ -280,3 +281,19 @@ async def test_a_snapshot_older_than_the_one_applied_is_ignored(tree: Tree) -> N
     a.mirror.apply(older)
     assert a.ready() and a.model_ready(MODEL)
     assert [e.name for e in newer.entries] == sorted(a.mirror.models)
+
+
+async def test_a_reload_with_a_new_config_reaches_every_worker(
+    example_repo: Path, tmp_path: Path
+) -> None:
+    tree = await _start(_explicit(example_repo, tmp_path), tmp_path)
+    try:
+        a, b = tree.planes
+        config = a.model_config(MODEL)
+        for size in (8, 4):  # two reloads: each version object is new to the workers
+            config.max_batch_size = size
+            await a.load_model(MODEL, {"config": json_format.MessageToJson(config)})
+            assert [p.model_config(MODEL).max_batch_size for p in (a, b)] == [size, size]
+            assert (await b.infer(_request(0.5))).outputs["probabilities"].shape == (1, 10)
+    finally:
+        await _stop(tree)
