@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2
@@ -64,27 +63,6 @@ class _QueuePolicy:
             or int(settings.default_timeout_ms * 1000),
             allow_override=policy.allow_timeout_override or not policy.default_timeout_microseconds,
         )
-
-
-class Scheduler(Protocol):
-    """Where the data plane hands validated requests: a batcher here, or the executor's."""
-
-    @property
-    def pending(self) -> int: ...
-
-    def submit(
-        self,
-        inputs: Tensors,
-        rows: int,
-        signature: tuple[object, ...],
-        priority: int = 0,
-        timeout_us: int = 0,
-        client_gone: Callable[[], bool] | None = None,
-        tokens: int = 0,
-        key: str | None = None,
-    ) -> asyncio.Future[Outputs]: ...
-
-    async def close(self) -> None: ...
 
 
 class DynamicBatcher:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import cast
 
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
@@ -32,15 +31,17 @@ from service.cache import codec
 from service.cache.response_cache import SharedOutputs
 from service.cache.stores import LocalStore
 from service.errors import Unavailable
+from service.executor_wire import EntryInfo, Snapshot, SubmitCall, VersionInfo
 from service.ipc import Channel, listen
 from service.limits import RateLimiter
+from service.memory import tune_gc
 from service.metrics import ModelCounters, merge_counters, merge_exposition, registry_text
-from service.model import ModelState, ModelVersion
+from service.model import ModelVersion
 from service.repository import ModelRepository
 from service.settings import Settings
 from service.sources import make_source
 from service.stats import merge_statistics
-from service.types import JsonObject, Tensors
+from service.types import JsonObject
 
 log = logging.getLogger("infergate.executor")
 
@@ -48,48 +49,6 @@ log = logging.getLogger("infergate.executor")
 SNAPSHOT_INTERVAL_S = 0.25
 #: a worker that does not answer a statistics fan-out within this is left out of the sums
 FAN_OUT_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class VersionInfo:
-    """What a worker needs of one loaded version: its config, not its sessions."""
-
-    instance: int  # changes when the version is (re)loaded: the worker rebuilds its copy
-    config: bytes  # serialized ModelConfig, completed by the backend
-    healthy: bool
-    has_tokenizer: bool
-
-
-@dataclass(frozen=True, slots=True)
-class EntryInfo:
-    name: str
-    state: ModelState
-    reason: str
-    wanted: bool
-    default_version: str
-    versions: dict[str, VersionInfo] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    generation: int
-    started: bool  # the repository's startup loads finished (readiness needs it)
-    entries: tuple[EntryInfo, ...]
-
-
-class SubmitCall(NamedTuple):
-    """One request for a model's batcher, as a worker sends it (a tuple: cheap to pickle)."""
-
-    model: str
-    version: str
-    inputs: Tensors
-    rows: int
-    signature: tuple[object, ...]
-    priority: int
-    timeout_us: int
-    tokens: int
-    key: str | None  # cache key: identical requests in flight share one execution
-    watched: bool  # the worker will send "cancel" if the client hangs up
 
 
 @dataclass(slots=True)
@@ -153,9 +112,7 @@ class Executor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
-        gc.collect()  # as in the workers (service.server): long-lived objects need no scanning
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
+        tune_gc()
         await stop.wait()
         await self.stop()
 

@@ -25,7 +25,7 @@ from service.batching import Outputs
 from service.cache import ResponseCache
 from service.dataplane import DataPlane
 from service.errors import InferenceError, Internal, Unavailable
-from service.executor import EntryInfo, Snapshot, VersionInfo
+from service.executor_wire import EntryInfo, Snapshot, VersionInfo
 from service.ipc import Channel, connect
 from service.metrics import ModelCounters, registry_text
 from service.metrics import render as render_metrics

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2
@@ -12,13 +14,12 @@ from tritonclient.grpc import model_config_pb2
 from service.protocol.datatypes import CONFIG_TO_V2, V2_TO_NUMPY
 from service.stats import ModelStats
 from service.tokenize import PAD_ID_PARAMETER
-from service.types import JsonObject
+from service.types import JsonObject, Tensors
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from service.backends.base import Backend
-    from service.batching import Scheduler
     from service.tokenize import TextTokenizer
 
 PAD_INPUTS_PARAMETER = "infergate.pad_inputs"
@@ -68,6 +69,28 @@ def tensor_specs(
             tensor.name, datatype, dims, V2_TO_NUMPY[datatype], shape, fixed
         )
     return specs
+
+
+class Scheduler(Protocol):
+    """Where the data plane hands validated requests: ``service.batching.DynamicBatcher`` here,
+    or the executor's (``service.frontend.RemoteScheduler``)."""
+
+    @property
+    def pending(self) -> int: ...
+
+    def submit(
+        self,
+        inputs: Tensors,
+        rows: int,
+        signature: tuple[object, ...],
+        priority: int = 0,
+        timeout_us: int = 0,
+        client_gone: Callable[[], bool] | None = None,
+        tokens: int = 0,
+        key: str | None = None,
+    ) -> asyncio.Future[Tensors]: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(slots=True)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import grpc
 import uvicorn
 
 from service.dataplane import DataPlane
 from service.http_protocol import ConnectionTally, with_read_timeout
+from service.memory import tune_gc
 from service.rest import build_app
 from service.settings import Settings
 from service.tls import uvicorn_options
@@ -101,25 +102,52 @@ async def serve(
     """Start everything, serve until SIGINT/SIGTERM, then finish queued work and stop.
     ``dataplane`` and ``place``: a front-end worker's (``--workers N``)."""
     dataplane = dataplane or DataPlane(settings)
-    reuse_port = place is not None
     await dataplane.start()
-    grpc_server = None
-    if settings.grpc_port:
-        from service.grpc_server import start_grpc_server
+    grpc_server = await _start_grpc(dataplane, settings, place)
+    http_socket = bind_http_socket(settings.host, settings.http_port, place is not None)
+    server = _http_server(dataplane, settings, place)
+    tune_gc()
+    log.info(
+        "HTTP listening on %s:%d (models from %s)",
+        settings.host,
+        http_socket.getsockname()[1],
+        settings.model_repo,
+    )
+    try:
+        # returns after a signal, once in-flight HTTP requests finished
+        await server.serve(sockets=[http_socket])
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=settings.exit_timeout_s)
+        await dataplane.close()
+        log.info("stopped")
 
-        # gRPC calls in flight are capped per process: each worker takes its share
-        rpc_limit = -(-settings.max_connections // place.count) if place else None
-        started = await start_grpc_server(dataplane, settings, reuse_port, rpc_limit)
-        if started is not None:
-            grpc_server, grpc_port = started
-            log.info("gRPC listening on %s:%d", settings.host, grpc_port)
-    http_socket = bind_http_socket(settings.host, settings.http_port, reuse_port)
 
-    # the server is created below; the cap asks it only while serving
-    def connections() -> int:
+async def _start_grpc(
+    dataplane: DataPlane, settings: Settings, place: WorkerPlace | None
+) -> grpc.aio.Server | None:
+    if not settings.grpc_port:
+        return None
+    from service.grpc_server import start_grpc_server
+
+    # gRPC calls in flight are capped per process: each worker takes its share
+    rpc_limit = -(-settings.max_connections // place.count) if place else None
+    started = await start_grpc_server(dataplane, settings, place is not None, rpc_limit)
+    if started is None:
+        return None
+    grpc_server, grpc_port = started
+    log.info("gRPC listening on %s:%d", settings.host, grpc_port)
+    return grpc_server
+
+
+def _http_server(dataplane: DataPlane, settings: Settings, place: WorkerPlace | None) -> _Server:
+    """uvicorn over the REST app; the connection cap counts this server's connections, or with
+    ``place`` every worker's (each publishes its own count to the shared tally)."""
+
+    def connections() -> int:  # asked only while serving, once ``server`` exists
         return len(server.server_state.connections)
 
-    published = None
+    published: Callable[[], None] | None = None
     count = connections
     if place is not None:
         tally, number = place.connections, place.number
@@ -129,9 +157,8 @@ async def serve(
             tally.set(number, connections())
 
         count = tally.total
-    app = build_app(dataplane, count)
     config = uvicorn.Config(
-        app,
+        build_app(dataplane, count),
         host=settings.host,
         port=settings.http_port,
         loop="none",
@@ -149,25 +176,7 @@ async def serve(
         **uvicorn_options(settings),  # type: ignore[arg-type]
     )
     server = _Server(config)
-    # Long-lived objects (sessions, configs, modules) need no scanning, and a request allocates
-    # many short-lived ones: fewer, cheaper collections keep p99 flat under load.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    log.info(
-        "HTTP listening on %s:%d (models from %s)",
-        settings.host,
-        http_socket.getsockname()[1],
-        settings.model_repo,
-    )
-    try:
-        # returns after a signal, once in-flight HTTP requests finished
-        await server.serve(sockets=[http_socket])
-    finally:
-        if grpc_server is not None:
-            await grpc_server.stop(grace=settings.exit_timeout_s)
-        await dataplane.close()
-        log.info("stopped")
+    return server
 
 
 def install_loop() -> None:
