@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 MODELS_STAMP := model_repo/.built
 
-.PHONY: setup models serve test lint bench clean redis
+.PHONY: setup models serve test lint docs bench clean redis
 
 setup: $(STAMP)
 
@@ -29,10 +29,14 @@ serve: models
 test: setup
 	$(VENV)/bin/python -m pytest -q -ra
 
+docs: setup
+	$(PY) -m service.cli.reference
+
 lint:
 	$(VENV)/bin/ruff check service converters loadtest bench tests
 	$(VENV)/bin/ruff format --check service converters loadtest bench tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) model_repo/*/ .pytest_cache

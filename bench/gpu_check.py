@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from bench.gpu_serve import digits_inputs, minilm_inputs, serve_and_probe  # noqa: E402
-from service.backends.ort_io_binding import IoBindingRunner  # noqa: E402
-from service.gpu_metrics import read_gpus  # noqa: E402
+from service.backends.onnxruntime.io_binding import IoBindingRunner  # noqa: E402
+from service.observability.gpu import read_gpus  # noqa: E402
 
 CUDA = [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
 

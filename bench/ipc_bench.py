@@ -1,14 +1,16 @@
-"""The transport behind ``service/ipc.py``, measured: round trips between two processes.
+"""The transport behind ``service/processes/ipc.py``, measured: round trips between two processes.
 
 A client process sends a request carrying one float32 tensor of 256 B, 3 KB or 96 KB to an echo
 process that answers with a tensor of the same size, one request in flight at a time, and times
 each round trip (``--count`` of them after ``--warmup``). Every transport carries the same
 message, ``(tag, call id, kind, (model, version, {"input": array}, outputs))``:
 
-- ``a_socket``: a Unix stream socket framed by ``service.ipc.encode``/``decode`` (pickle 5 with
+- ``a_socket``: a Unix stream socket framed by ``service.processes.ipc.encode``/``decode`` (pickle 5
+with
   the tensor bytes out of band, one vectored ``sendmsg`` per frame), blocking sockets on both
   ends; the reference the ratios divide by;
-- ``a_channel``: the same frames through ``service.ipc.Channel`` on uvloop (``call`` in the
+- ``a_channel``: the same frames through ``service.processes.ipc.Channel`` on uvloop (``call`` in
+the
   client, a handler answering in the echo process): the gateway's real path, event loop included;
 - ``b_zmq``: pyzmq PAIR over ``ipc://``, ``send_multipart`` of the out-of-band pickle and the
   raw buffers (zero-copy frames on both ends);
@@ -16,7 +18,7 @@ message, ``(tag, call id, kind, (model, version, {"input": array}, outputs))``:
   copied into the next slot and only the pickle plus (offset, size) travel over a Unix socket;
   the receiver's array is a view on the slot (valid until the ring comes round again).
 
-All four pickle with ``service.ipc.encode``'s pickler (arrays as dtype, shape and an
+All four pickle with ``service.processes.ipc.encode``'s pickler (arrays as dtype, shape and an
 out-of-band buffer) and unpickle with ``pickle.loads(..., buffers=...)``, so only the transport
 differs.
 
@@ -54,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from service import ipc  # noqa: E402
+from service.processes import ipc  # noqa: E402
 
 SIZES = {"256B": 256, "3KB": 3 * 1024, "96KB": 96 * 1024}
 TRANSPORTS = ("a_socket", "a_channel", "b_zmq", "c_shm")
@@ -130,7 +132,8 @@ class SocketClient:
         self.sock.close()
 
 
-# --- service.ipc.Channel on uvloop (a_channel) ---------------------------------------------------
+# --- service.processes.ipc.Channel on uvloop (a_channel)
+# ---------------------------------------------------
 
 
 def serve_channel(server: socket.socket) -> None:
@@ -178,8 +181,8 @@ def channel_timings(path: str, message: Message, count: int, warmup: int) -> lis
 
 
 def pickled(message: object) -> tuple[bytes | memoryview, list[bytes | memoryview]]:
-    """The pickle and the out-of-band buffers exactly as ``service.ipc.encode`` makes them (its
-    frame is header, buffer lengths, pickle, buffers), so only the transport differs."""
+    """The pickle and the out-of-band buffers exactly as ``service.processes.ipc.encode`` makes them
+    (its frame is header, buffer lengths, pickle, buffers), so only the transport differs."""
     pieces = ipc.encode(message)
     return pieces[2], pieces[3:]
 

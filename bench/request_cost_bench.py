@@ -23,8 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = r"""
 import asyncio, inspect, json, sys, time
 sys.path.insert(0, sys.argv[1])
-from service import rest_codec
-from service.dataplane import DataPlane
+try:  # the layered packages; older checkouts had flat modules
+    from service.frontends.rest import codec as rest_codec
+    from service.dataplane.plane import DataPlane
+except ImportError:
+    from service import rest_codec
+    from service.dataplane import DataPlane
 from service.settings import Settings
 
 BODY = json.dumps(
@@ -35,11 +39,15 @@ async def main() -> None:
     dataplane = DataPlane(Settings(model_repo=sys.argv[2], grpc_port=0))
     await dataplane.start()
     takes_model = "model" in inspect.signature(rest_codec.decode_request).parameters
+    hands_model = "model" in inspect.signature(DataPlane.infer).parameters
 
     async def one() -> None:
         target = dataplane.model("digits_mlp", "") if takes_model else "digits_mlp"
         request, encoding = rest_codec.decode_request(BODY, None, target, "", 1 << 26)
-        response = await dataplane.infer(request)
+        if hands_model:
+            response = await dataplane.infer(request, target)
+        else:
+            response = await dataplane.infer(request)
         rest_codec.encode_response(response, encoding)
 
     for _ in range(50):

@@ -22,7 +22,7 @@ from converters.publish import check_target
 from converters.release import Candidate, prove_and_publish
 from converters.signature import graph_inputs, graph_outputs, index_limits
 from converters.triton_config import build_config
-from service.devices import cuda_gpu_count
+from service.host import cuda_gpu_count
 
 
 def missing_requirements() -> list[str]:

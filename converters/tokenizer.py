@@ -1,9 +1,9 @@
 """A Hugging Face tokenizer published beside a transformer model, so the gateway takes text.
 
 ``tokenizer.json`` goes into the version folder and the settings the gateway reads go into
-config.pbtxt ``parameters`` (``infergate.tokenizer.*``, see ``service/tokenize.py``), with the text
-input declared there too: Triton's ONNX Runtime backend would refuse a config ``input`` the graph
-does not have, while it ignores parameters, so the repository still loads in ``tritonserver``.
+config.pbtxt ``parameters`` (``infergate.tokenizer.*``, see ``service/models/tokenizer.py``), with
+the text input declared there too: Triton's ONNX Runtime backend would refuse a config ``input`` the
+graph does not have, while it ignores parameters, so the repository still loads in ``tritonserver``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from converters.errors import ConversionError
+from service import parameters
 
 TOKENIZER_FILE = "tokenizer.json"
-PARAMETER_PREFIX = "infergate.tokenizer."
 
 
 @dataclass
@@ -81,10 +81,10 @@ class TokenizerSpec:
     def apply(self, config: mc.ModelConfig) -> None:
         """Write the gateway's tokenizer parameters into ``config``."""
         values = {
-            "text_input": self.text_input,
-            "max_length": str(self.max_length),
-            "truncation_side": self.truncation_side,
-            "pad_id": str(self.pad_id),
+            parameters.TOKENIZER_TEXT_INPUT: self.text_input,
+            parameters.TOKENIZER_MAX_LENGTH: str(self.max_length),
+            parameters.TOKENIZER_TRUNCATION_SIDE: self.truncation_side,
+            parameters.TOKENIZER_PAD_ID: str(self.pad_id),
         }
         for key, value in values.items():
-            config.parameters[PARAMETER_PREFIX + key].string_value = value
+            config.parameters[key.name].string_value = value

@@ -12,8 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from converters.errors import ConversionError
 from converters.signature import TensorSpec
-
-PAD_PARAMETER = "infergate.pad_inputs"
+from service import parameters
 
 _ONNX_TO_TRITON: dict[int, int] = {
     TensorProto.FLOAT: mc.TYPE_FP32,
@@ -51,7 +50,7 @@ class ConfigOptions:
 
 def instance_kind(device: str, gpus: list[int]) -> int:
     """``--device``/``--gpus`` -> the instance_group kind (``auto`` asks the CUDA driver)."""
-    from service.devices import cuda_gpu_count
+    from service.host import cuda_gpu_count
 
     if device not in ("cpu", "gpu", "auto"):
         raise ConversionError(f"--device must be cpu, gpu or auto, not '{device}'")
@@ -134,7 +133,7 @@ def build_config(
     if unknown:
         raise ConversionError(f"pad inputs {unknown} are not graph inputs {sorted(names)}")
     if options.pad_inputs:
-        config.parameters[PAD_PARAMETER].string_value = ",".join(options.pad_inputs)
+        config.parameters[parameters.PAD_INPUTS.name].string_value = ",".join(options.pad_inputs)
     return config
 
 
@@ -180,9 +179,9 @@ def check_compatible(existing: mc.ModelConfig, new: mc.ModelConfig, model_dir: P
 
 
 def _pad_inputs(config: mc.ModelConfig) -> str:
-    if PAD_PARAMETER not in config.parameters:
+    if parameters.PAD_INPUTS.name not in config.parameters:
         return "none"
-    return config.parameters[PAD_PARAMETER].string_value or "none"
+    return config.parameters[parameters.PAD_INPUTS.name].string_value or "none"
 
 
 # The serving settings that publish options control, keyed by the option that sets them.

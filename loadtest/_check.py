@@ -14,7 +14,7 @@ import numpy as np
 
 from loadtest._inputs import numpy_dtype
 from loadtest._model import ModelSpec
-from service.protocol.datatypes import ORT_TO_V2, V2_TO_NUMPY
+from service.datatypes import ORT_TO_V2, V2_TO_NUMPY
 
 log = logging.getLogger(__name__)
 

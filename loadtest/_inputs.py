@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from loadtest._model import ModelSpec, TensorSpec
-from service.protocol.datatypes import V2_TO_NUMPY
+from service.datatypes import V2_TO_NUMPY
 
 CLS, SEP = 101, 102
 _TEXT = (

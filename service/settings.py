@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.host import usable_cores
 
 
 class Settings(BaseSettings):
@@ -246,16 +247,3 @@ class Settings(BaseSettings):
             return self.workers
         cores = usable_cores()
         return min(cores - 1, 8) if cores >= 3 else 1
-
-
-def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """CPUs this process may run on, lowered by a cgroup v2 CPU quota (a container's limit:
-    ``docker run --cpus``, compose ``cpus``, a Kubernetes CPU limit)."""
-    cores = len(os.sched_getaffinity(0))
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-    except (OSError, ValueError):
-        return cores
-    if quota == "max":
-        return cores
-    return max(1, min(cores, -(-int(quota) // int(period))))  # rounded up, as Kubernetes does

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from service.protocol.datatypes import V2_TO_NUMPY
+from service.datatypes import V2_TO_NUMPY
 
 TOKEN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 
 from tritonclient.grpc import model_config_pb2
 
-from service.types import Tensors
+from service.messages import Tensors
 
 
 class Backend(ABC):

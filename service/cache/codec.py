@@ -13,8 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import xxhash
 
-from service.errors import BadRequest
-from service.protocol.datatypes import (
+from service.datatypes import (
     V2_DATATYPES,
     V2_TO_NUMPY,
     UnknownDatatype,
@@ -22,7 +21,8 @@ from service.protocol.datatypes import (
     deserialize_bytes,
     serialize_bytes,
 )
-from service.types import Array, Tensors
+from service.errors import BadRequest
+from service.messages import Array, Tensors
 
 MAGIC = b"IGC"
 FORMAT = 1

@@ -13,8 +13,8 @@ import numpy as np
 import orjson
 import xxhash
 
-from service.protocol.datatypes import V2_TO_NUMPY, datatype_of, serialize_bytes
-from service.types import Array, InferRequest
+from service.datatypes import V2_TO_NUMPY, datatype_of, serialize_bytes
+from service.messages import Array, InferRequest
 
 FORMAT_VERSION = "v1"
 

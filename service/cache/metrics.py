@@ -2,7 +2,7 @@
 
 Triton's per-model families (``nv_cache_num_hits_per_model``, ``..._misses_...``,
 ``nv_cache_hit_duration_per_model``, ``..._miss_duration_...``) are rendered by
-``service/metrics.py`` from :meth:`ResponseCache.stats`, the same numbers
+``service/observability/metrics.py`` from :meth:`ResponseCache.stats`, the same numbers
 ``/v2/models/{m}/stats`` reports, so the two views never disagree.
 """
 

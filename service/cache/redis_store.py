@@ -10,92 +10,16 @@ import asyncio
 import logging
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.cache.breaker import CircuitBreaker
 from service.cache.metrics import CACHE_BREAKER_OPEN
 from service.cache.stores import RateLimitedLog
+from service.redis_client import CircuitBreaker, build_client, redact
 
 log = logging.getLogger("infergate.cache")
-
-_TRUE = {"1", "true", "yes", "on"}
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def build_client(url: str, timeout_s: float, max_connections: int = 256) -> Any:
-    """A ``redis.asyncio`` client for a plain, TLS, Cluster or Sentinel URL.
-
-    ``redis+cluster://`` or ``?cluster=true`` -> RedisCluster; ``redis+sentinel://h:p[,h:p]/name``
-    -> the Sentinel-tracked master ``name``; ``rediss://`` -> TLS; ``redis://:pw@host`` -> AUTH.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    cluster = scheme.endswith("+cluster") or any(
-        k == "cluster" and v.lower() in _TRUE for k, v in query
-    )
-    query = [(k, v) for k, v in query if k != "cluster"]
-    base_scheme = scheme.split("+", 1)[0]
-    if base_scheme not in {"redis", "rediss", "unix"}:
-        raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} in {redact(url)}")
-    common: dict[str, Any] = {
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    if scheme.endswith("+sentinel"):
-        return _sentinel_client(parts, base_scheme, query, common)
-    plain = urlunsplit(parts._replace(scheme=base_scheme, query=urlencode(query)))
-    if cluster:
-        return RedisCluster.from_url(plain, **common)
-    pool = aioredis.BlockingConnectionPool.from_url(
-        plain, max_connections=max_connections, timeout=timeout_s, **common
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
-def _sentinel_client(
-    parts: Any, base_scheme: str, query: list[tuple[str, str]], common: dict[str, Any]
-) -> Any:
-    hosts = parts.netloc.rsplit("@", 1)[-1]
-    sentinels: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        host, _, port = item.rpartition(":")
-        sentinels.append((host or item, int(port) if host else 26379))
-    service = parts.path.strip("/").split("/", 1)[0]
-    if not service:
-        raise ValueError("redis+sentinel:// URL needs the service name as its path")
-    kwargs: dict[str, Any] = dict(common)
-    if parts.password is not None:
-        kwargs["password"] = unquote(parts.password)
-    if parts.username:
-        kwargs["username"] = unquote(parts.username)
-    if base_scheme == "rediss":
-        kwargs["ssl"] = True
-    for key, value in query:
-        if key == "db":
-            kwargs["db"] = int(value)
-    sentinel_kwargs = {"socket_timeout": common["socket_timeout"], "retry": common["retry"]}
-    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
-    return sentinel.master_for(service)
 
 
 def _kind(exc: BaseException) -> str:

@@ -17,8 +17,8 @@ from service.cache.keys import request_key
 from service.cache.metrics import CACHE_COALESCED, CACHE_SKIPPED
 from service.cache.redis_store import RedisStore
 from service.cache.stores import LocalStore, RateLimitedLog, Store, TieredStore
+from service.messages import Array, InferRequest, Tensors
 from service.settings import Settings
-from service.types import Array, InferRequest, Tensors
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2

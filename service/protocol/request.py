@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from service.errors import BadRequest
-from service.types import Array, InferRequest, Parameters
+from service.messages import Array, InferRequest, Parameters
 
 
 def int_parameter(parameters: Parameters, key: str) -> int:

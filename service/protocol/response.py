@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from service.datatypes import UnknownDatatype, datatype_of
 from service.errors import Internal
-from service.protocol.datatypes import UnknownDatatype, datatype_of
-from service.types import Array
+from service.messages import Array
 
 
 def output_datatype(name: str, array: Array) -> str:

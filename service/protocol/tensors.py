@@ -10,9 +10,9 @@ import warnings
 
 import numpy as np
 
+from service.datatypes import deserialize_bytes, numpy_dtype
 from service.errors import BadRequest
-from service.protocol.datatypes import deserialize_bytes, numpy_dtype
-from service.types import Array
+from service.messages import Array
 
 # A JSON value too large for FP16/FP32 becomes Inf, which validation rejects with a 400: the cast's
 # warning would only be noise (and np.errstate per tensor costs more than a small conversion).

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.errors import BadRequest
-from service.model import ModelVersion
-from service.tokenize import TextTokenizer, TokenizedItem
-from service.types import Array, InferRequest
+from service.messages import Array, InferRequest
+from service.models.tokenizer import TextTokenizer, TokenizedItem
+from service.models.version import ModelVersion
 
 
 def tokenizer_of(model: ModelVersion) -> TextTokenizer:
@@ -73,26 +73,37 @@ def check_limits(items: int, tokens: int, max_items: int, max_tokens: int) -> No
         )
 
 
-def item_request(model: ModelVersion, item: TokenizedItem, base: InferRequest) -> InferRequest:
-    """The one-row token request for ``item``, scheduled like ``base`` (priority, timeout...)."""
-    candidates: dict[str, Array] = {
-        "input_ids": item.ids,
-        "attention_mask": np.ones_like(item.ids),
-        "token_type_ids": item.type_ids,
-    }
-    inputs = {name: candidates[name][np.newaxis, :] for name in model.inputs if name in candidates}
-    return InferRequest(
-        model_name=model.name,
-        model_version=model.version,
-        inputs=inputs,
-        datatypes={name: model.inputs[name].datatype for name in inputs},
-        outputs=base.outputs,
-        id=base.id,
-        priority=base.priority,
-        timeout_us=base.timeout_us,
-        use_cache=base.use_cache,
-        client_gone=base.client_gone,
-    )
+def item_requests(
+    model: ModelVersion, items: list[TokenizedItem], base: InferRequest
+) -> list[InferRequest]:
+    """A one-row token request per item, each scheduled like ``base`` (priority, timeout...)."""
+    names = [name for name in model.inputs if name in _TOKEN_FIELDS]
+    datatypes = {name: model.inputs[name].datatype for name in names}
+    requests = []
+    for item in items:
+        candidates: dict[str, Array] = {
+            "input_ids": item.ids,
+            "attention_mask": np.ones_like(item.ids),
+            "token_type_ids": item.type_ids,
+        }
+        requests.append(
+            InferRequest(
+                model_name=model.name,
+                model_version=model.version,
+                inputs={name: candidates[name][np.newaxis, :] for name in names},
+                datatypes=datatypes,
+                outputs=base.outputs,
+                id=base.id,
+                priority=base.priority,
+                timeout_us=base.timeout_us,
+                use_cache=base.use_cache,
+                client_gone=base.client_gone,
+            )
+        )
+    return requests
+
+
+_TOKEN_FIELDS = frozenset(("input_ids", "attention_mask", "token_type_ids"))
 
 
 def stack_rows(rows: Sequence[dict[str, Array]], names: list[str]) -> dict[str, Array]:

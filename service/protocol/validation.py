@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.datatypes import numpy_dtype
 from service.errors import BadRequest
-from service.model import ModelVersion, TensorSpec
-from service.protocol.datatypes import numpy_dtype
-from service.types import Array, InferRequest
+from service.messages import Array, InferRequest
+from service.models.version import ModelVersion, TensorSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +59,10 @@ def check_declared(model: ModelVersion, name: str, datatype: str, shape: tuple[i
 def validate(model: ModelVersion, request: InferRequest, max_elements: int) -> Admitted:
     """Check ``request`` against ``model``; raise ``BadRequest`` naming the first problem.
 
-    What a decoder already checked for this model as each input was declared
-    (``request.checked_for``) is not checked twice."""
+    What a decoder already checked as each input was declared (``request.declared_checked``,
+    for the version it hands over with the request) is not checked twice."""
     _check_names(model, request)
-    declared_checked = request.checked_for is model
+    declared_checked = request.declared_checked
     rows = 1
     tokens = 0
     signature: list[object] = []

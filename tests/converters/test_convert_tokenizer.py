@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from converters.cli import app
 from converters.example_models import minilm_dir
+from service.models.sources import LocalOnnxSource, parse_config
 from service.settings import Settings
-from service.sources import LocalOnnxSource, parse_config
 from tests.converters import onnx_graphs
 
 runner = CliRunner()

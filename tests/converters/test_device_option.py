@@ -15,7 +15,7 @@ from converters.cli_flags import parse_gpus
 from converters.errors import ConversionError
 from converters.signature import TensorSpec
 from converters.triton_config import ConfigOptions, build_config, parse, render
-from service.devices import cuda_gpu_count
+from service.host import cuda_gpu_count
 from tests.converters.onnx_graphs import linear
 
 INPUTS = [TensorSpec("x", np.dtype(np.float32), (-1, 4), TensorProto.FLOAT)]

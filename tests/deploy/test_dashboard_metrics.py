@@ -80,9 +80,9 @@ def _write_model(repo: Path) -> None:
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """``/metrics`` text of a gateway that has served inferences, and its HTTP port."""
     try:
-        import service.server  # noqa: F401
+        import service.frontends.serve  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"service.server not importable yet: {exc}")
+        pytest.skip(f"service.frontends.serve not importable yet: {exc}")
     import httpx
     import tritonclient.http as httpclient
 

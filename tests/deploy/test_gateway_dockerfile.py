@@ -156,9 +156,9 @@ def test_serve_needs_no_heavy_dependency() -> None:
         pytest.skip(f"service.cli not importable yet: {exc}")
     modules = ["service.cli"]
     try:
-        import service.server  # noqa: F401
+        import service.processes.launch  # noqa: F401
 
-        modules.append("service.server")
+        modules.append("service.processes.launch")
     except ImportError:
         pass
     code = (

@@ -22,7 +22,7 @@ def test_deployment_files_run_the_gateway() -> None:
 
 @pytest.mark.parametrize("source", sorted(ARGVS))
 def test_serve_arguments_are_real_cli_options(source: str) -> None:
-    from service.cli import settings_from_context
+    from service.cli.serve import settings_from_context
 
     command = serve_command()
     argv = ARGVS[source]

@@ -19,8 +19,8 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from service.auth import Principal
-from service.auth_keys import create_key
+from service.security.keys import create_key
+from service.security.policy import Principal
 from tests.helpers import Gateway, edit_config, start_gateway, wait_until
 from tests.redis_server import RedisServer, redis_server, redis_server_factory
 

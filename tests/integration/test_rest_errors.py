@@ -37,7 +37,7 @@ def binary_input(shape, datatype="FP32", size=None, name="input"):
 
 FLOATS_64 = np.zeros(64, dtype=np.float32).tobytes()
 
-# A few rows of the bad-request table (tests/service/test_rest_codec.py has all of them in
+# A few rows of the bad-request table (tests/service/frontends/rest/test_codec.py has all of them in
 # process): through a real server they must render in the v2 shape and leave it serving.
 CASES = {
     "malformed json": (b'{"inputs": [', {}, 400, "malformed JSON"),

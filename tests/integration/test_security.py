@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from service.auth_keys import create_key, revoke_key
+from service.security.keys import create_key, revoke_key
 from tests.helpers import Gateway, start_gateway, wait_until
 from tests.redis_server import redis_server, redis_server_factory
 from tests.tls_certs import Certificates, make_certificates

@@ -22,8 +22,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from service.errors import BadRequest
+from service.models.sources import TritonSource
 from service.settings import Settings
-from service.sources import TritonSource
 from tests.helpers import Gateway, start_gateway, wait_until, wait_until_async
 from tests.triton_models import FEATURES, MODEL
 from tests.triton_server import (  # noqa: F401  (fixtures)

@@ -14,10 +14,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from service.backends.base import Backend
-from service.batching import DynamicBatcher
-from service.model import ModelVersion
+from service.dataplane.batching import DynamicBatcher
+from service.models.version import ModelVersion, Submission
+from service.observability.statistics import ModelStats
 from service.settings import Settings
-from service.stats import ModelStats
 from tests.helpers import wait_until_async
 
 #: one FP32 input ``x`` of any width, answered with ``y = 2 * x``
@@ -113,4 +113,4 @@ def submit(
 ) -> asyncio.Future[dict[str, np.ndarray]]:
     """Enqueue ``rows`` rows of width ``width`` (the width is the batch signature)."""
     x = np.full((rows, width), value, dtype=np.float32)
-    return batcher.submit({"x": x}, rows, (width,), **kwargs)  # type: ignore[arg-type]
+    return batcher.submit(Submission({"x": x}, rows, (width,), **kwargs))  # type: ignore[arg-type]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, usable_cores
+from service.host import usable_cores
+from service.settings import Settings
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.cache import codec
-from service.protocol.datatypes import V2_TO_NUMPY
+from service.datatypes import V2_TO_NUMPY
 
 RNG = np.random.default_rng(7)
 

@@ -9,9 +9,9 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from service.cache import ResponseCache
-from service.cache.breaker import CircuitBreaker
+from service.messages import InferRequest
+from service.redis_client import CircuitBreaker
 from service.settings import Settings
-from service.types import InferRequest
 from tests.helpers import ManualClock, wait_until_async
 from tests.redis_server import SLOW_REDIS_S, RedisServer
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.cache.keys import FORMAT_VERSION, canonical_tensor_bytes, request_key
-from service.types import InferRequest
+from service.messages import InferRequest
 
 
 def _request(

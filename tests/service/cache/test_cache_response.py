@@ -15,8 +15,8 @@ from tritonclient.grpc import model_config_pb2
 from service.cache import ResponseCache
 from service.cache.redis_store import RedisStore
 from service.cache.stores import LocalStore, TieredStore
+from service.messages import InferRequest
 from service.settings import Settings
-from service.types import InferRequest
 from tests.helpers import wait_until_async
 from tests.redis_server import SLOW_REDIS_S, RedisServer
 

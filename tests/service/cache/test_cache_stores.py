@@ -8,9 +8,9 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
-from service.cache.breaker import CircuitBreaker
-from service.cache.redis_store import RedisStore, build_client, redact
+from service.cache.redis_store import RedisStore
 from service.cache.stores import LocalStore, TieredStore
+from service.redis_client import CircuitBreaker, build_client, redact
 from tests.helpers import wait_until_async
 from tests.redis_server import SLOW_REDIS_S, RedisServer
 

@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from service.cache import ResponseCache
+from service.messages import InferRequest
 from service.settings import Settings
-from service.types import InferRequest
 from tests.helpers import free_port, start_process, wait_until
 from tests.redis_server import REDIS_SERVER, SLOW_REDIS_S, RedisServer, free_cluster_port
 

@@ -1,0 +1,20 @@
+"""Starting the gateway: one process (front ends, data plane and models in one event loop), or
+with ``--workers N`` > 1 the supervisor of an executor and N front-end workers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from service.frontends.serve import install_loop, serve
+from service.observability.logs import configure_logging
+from service.processes.supervisor import supervise
+from service.settings import Settings
+
+
+def run(settings: Settings) -> None:
+    configure_logging(settings)
+    if settings.worker_count() > 1:
+        supervise(settings)
+        return
+    install_loop()
+    asyncio.run(serve(settings))

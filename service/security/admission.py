@@ -1,0 +1,35 @@
+"""Admission: the security pieces one process shares, built once from settings.
+
+Front ends authorize each call with :attr:`Admission.http` / :attr:`Admission.grpc` and set
+:data:`service.security.policy.CURRENT`; the data plane calls :meth:`Admission.admit_infer` once it
+knows the model and the rows of an inference, whatever front end it came through.
+"""
+
+from __future__ import annotations
+
+from service.security.audit import AuditLog
+from service.security.keys import KeyStore
+from service.security.policy import CURRENT, Authorizer, parse_restricted
+from service.security.ratelimit import RateLimiter
+from service.settings import Settings
+
+
+class Admission:
+    def __init__(self, settings: Settings) -> None:
+        self.audit = AuditLog(settings.audit_max_lines_per_s)
+        path = settings.api_keys_file
+        self.keys = KeyStore(path, settings.api_keys_reload_s) if path is not None else None
+        http_restricted = parse_restricted(settings.http_restricted_api)
+        grpc_restricted = parse_restricted(settings.grpc_restricted_protocol)
+        self.http = Authorizer(settings, self.keys, http_restricted, self.audit)
+        self.grpc = Authorizer(settings, self.keys, grpc_restricted, self.audit)
+        self.limiter = RateLimiter(settings)
+
+    async def close(self) -> None:
+        await self.limiter.close()
+
+    async def admit_infer(self, model: str, rows: int) -> None:
+        """Model allow-list and the caller's rate limits for one inference of ``rows`` rows."""
+        principal = CURRENT.get() or self.http.anonymous
+        self.http.check_model(principal, model)
+        await self.limiter.check(principal, rows)
