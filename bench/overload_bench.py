@@ -3,10 +3,12 @@
 The pattern from the security/admission issue: N clients at once, twice (each client's 2
 requests), each request 8 x 128 MiniLM tokens (version 1, result cache off), against
 ``infergate serve`` with the default budget (``INFERGATE_MAX_QUEUE_WAIT_MS`` 5000) and with
-shedding off (0). Reports statuses, accepted p50/p99, how fast rejects were answered, accepted
-throughput and the gateway's RSS.
+shedding off (0), from a cold start (the burst is the first traffic) and warm (a few requests
+first), with ``--workers 1`` and ``2``. Reports statuses, refusals without Retry-After, the
+rejection reasons, accepted p50/p99, how fast rejects were answered, accepted throughput (and
+its ratio to shedding off) and the RSS of the gateway's process tree.
 
-    .venv/bin/python bench/overload_bench.py [--clients 300] [--out bench/results/overload.json]
+    .venv/bin/python bench/overload_bench.py [--clients 300] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def burst(port: int, path: str, payload: bytes, requests: int) -> list[tuple[int, float]]:
+def burst(port: int, path: str, payload: bytes, requests: int) -> list[tuple[int, float, bool]]:
     """``requests`` sent at once on pre-opened connections, then every answer read, each timed
     from its send (a lean client: an asyncio HTTP client's own work would dominate on 2 cores).
-    Status 0 = no answer within 10 minutes."""
+    Each answer: (status, seconds, has Retry-After). Status 0 = no answer within 10 minutes."""
     connections = [
         http.client.HTTPConnection("127.0.0.1", port, timeout=600) for _ in range(requests)
     ]
@@ -59,15 +61,16 @@ def burst(port: int, path: str, payload: bytes, requests: int) -> list[tuple[int
     for connection in connections:
         connection.request("POST", path, payload, {"Content-Type": "application/json"})
         sent.append(time.perf_counter())
-    answers: list[tuple[int, float]] = [(0, 0.0)] * requests
+    answers: list[tuple[int, float, bool]] = [(0, 0.0, False)] * requests
 
     def read(index: int) -> None:
         try:
             response = connections[index].getresponse()
             response.read()
-            answers[index] = (response.status, time.perf_counter() - sent[index])
+            retry = response.getheader("retry-after") is not None
+            answers[index] = (response.status, time.perf_counter() - sent[index], retry)
         except OSError:
-            answers[index] = (0, time.perf_counter() - sent[index])
+            answers[index] = (0, time.perf_counter() - sent[index], False)
         connections[index].close()
 
     threads = [threading.Thread(target=read, args=(index,)) for index in range(requests)]
@@ -78,12 +81,38 @@ def burst(port: int, path: str, payload: bytes, requests: int) -> list[tuple[int
     return answers
 
 
-def run(repo: Path, clients: int, budget_ms: int) -> dict[str, object]:
-    gateway = start_gateway(repo, env={"INFERGATE_MAX_QUEUE_WAIT_MS": str(budget_ms)})
+def tree_rss_mib(pid: int) -> float:
+    """RSS of the gateway and its children (the executor and workers of ``--workers N``)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid, *(int(c) for c in children.read_text().split())] if children.exists() else [pid]
+    return sum(rss_mib(one) for one in pids)
+
+
+def rejections(port: int) -> dict[str, float]:
+    """``infergate_rejected_requests_total`` by reason, from the gateway's /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    reasons: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("infergate_rejected_requests_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            reasons[reason] = reasons.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])
+    return reasons
+
+
+def _p99(values: list[float]) -> float:
+    return values[int(0.99 * (len(values) - 1))]
+
+
+def run(repo: Path, clients: int, budget_ms: int, workers: int, warm: bool) -> dict[str, object]:
+    env = {"INFERGATE_MAX_QUEUE_WAIT_MS": str(budget_ms)}
+    gateway = start_gateway(repo, "--workers", str(workers), env=env)
     try:
         path = "/v2/models/minilm_embed/versions/1/infer"
         payload = body()
-        burst(gateway.http_port, path, payload, 4)  # warm up: the estimator gets a throughput
+        if warm:  # a few requests first: executions measured before the burst
+            burst(gateway.http_port, path, payload, 4)
         started = time.perf_counter()
         answers = [
             answer
@@ -91,23 +120,27 @@ def run(repo: Path, clients: int, budget_ms: int) -> dict[str, object]:
             for answer in burst(gateway.http_port, path, payload, clients)
         ]
         wall = time.perf_counter() - started
-        accepted = sorted(seconds for status, seconds in answers if status == 200)
-        rejected = sorted(seconds for status, seconds in answers if status != 200)
+        accepted = sorted(seconds for status, seconds, _ in answers if status == 200)
+        rejected = sorted(seconds for status, seconds, _ in answers if status != 200)
         statuses: dict[str, int] = {}
-        for status, _ in answers:
+        for status, _, _ in answers:
             statuses[str(status)] = statuses.get(str(status), 0) + 1
         return {
+            "workers": workers,
+            "start": "warm" if warm else "cold",
             "budget_ms": budget_ms,
             "statuses": statuses,
+            "refusals_without_retry_after": sum(
+                1 for status, _, retry in answers if status in (429, 503) and not retry
+            ),
+            "reasons": rejections(gateway.http_port),
             "wall_s": round(wall, 2),
             "accepted_per_s": round(len(accepted) / wall, 2),
             "accepted_p50_s": round(statistics.median(accepted), 3) if accepted else None,
-            "accepted_p99_s": round(accepted[int(0.99 * (len(accepted) - 1))], 3)
-            if accepted
-            else None,
-            "rejected_max_ms": round(1000 * max(rejected), 1) if rejected else None,
+            "accepted_p99_s": round(_p99(accepted), 3) if accepted else None,
             "rejected_p50_ms": round(1000 * statistics.median(rejected), 1) if rejected else None,
-            "rss_mib_after": round(rss_mib(gateway.process.pid), 1),
+            "rejected_p99_ms": round(1000 * _p99(rejected), 1) if rejected else None,
+            "rss_mib_after": round(tree_rss_mib(gateway.process.pid), 1),
         }
     finally:
         gateway.stop()
@@ -117,13 +150,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, default=ROOT / "model_repo")
     parser.add_argument("--clients", type=int, default=300)
+    parser.add_argument("--workers", default="1,2", help="comma-separated --workers values")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overload.json")
     args = parser.parse_args()
-    results = [run(args.repo, args.clients, 5000), run(args.repo, args.clients, 0)]
+    results = []
+    for workers in (int(w) for w in args.workers.split(",")):
+        for warm in (False, True):
+            shed, unshed = (
+                run(args.repo, args.clients, budget, workers, warm) for budget in (5000, 0)
+            )
+            ratio = float(shed["accepted_per_s"]) / max(float(unshed["accepted_per_s"]), 1e-9)  # type: ignore[arg-type]
+            shed["accepted_per_s_vs_no_shedding"] = round(ratio, 3)
+            results += [shed, unshed]
+            print(json.dumps(shed))
+            print(json.dumps(unshed))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    for result in results:
-        print(json.dumps(result))
     return 0
 
 

@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = r"""
 import asyncio, inspect, json, sys, time
 sys.path.insert(0, sys.argv[1])
-try:  # the layered packages; older checkouts had flat modules
+import os
+if os.path.isdir(os.path.join(sys.argv[1], "service", "frontends")):  # the layered packages
     from service.frontends.rest import codec as rest_codec
     from service.dataplane.plane import DataPlane
-except ImportError:
+else:  # older checkouts: flat modules
     from service import rest_codec
     from service.dataplane import DataPlane
 from service.settings import Settings

@@ -33,6 +33,9 @@ class InferRequest:
     use_cache: bool = True
     #: returns True once the client has hung up (front ends that can tell set it)
     client_gone: Callable[[], bool] | None = None
+    #: time.monotonic_ns() when the front end began receiving it (0 = unknown): the budget of
+    #: admission covers the request's whole stay from here
+    arrival_ns: int = 0
     #: a decoder checked each declared input (name, datatype, shape) against the model version
     #: it hands to the data plane with this request, before reading the data
     declared_checked: bool = False
@@ -59,6 +62,7 @@ class ItemsRequest:
     outputs: list[str] | None = None
     use_cache: bool = True
     client_gone: Callable[[], bool] | None = None
+    arrival_ns: int = 0  # as InferRequest.arrival_ns
 
 
 @dataclass(slots=True)

@@ -148,13 +148,14 @@ WARMUP = Key(
     "flag",
     "",
     "Without Triton's model_warmup: run one zero batch at max_batch_size on every instance "
-    "before the model is READY. Unset = on GPU instances only; false = never.",
+    "before the model is READY (timed: admission's first estimate). false = never.",
 )
 WARMUP_VARIABLE_DIM = Key(
     "infergate.warmup_variable_dim",
     "integer",
     "1",
-    "Size given to variable (-1) dimensions in the default warmup batch.",
+    "Size given to variable (-1) dimensions in the default warmup batch (unset: 1, and 32 "
+    "tokens for the padded token inputs of a text model, capped by its max_sequence_length).",
 )
 GPU_MEM_LIMIT_BYTES = Key(
     "infergate.gpu_mem_limit_bytes",

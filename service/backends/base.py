@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2
 
 from service.messages import Tensors
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """One timed warm-up batch: ``units`` of work (rows, or rows x tokens for a model that pads
+    token sequences) in ``seconds``, what admission predicts from until real batches ran."""
+
+    units: int
+    seconds: float
 
 
 class Backend(ABC):
@@ -19,6 +29,8 @@ class Backend(ABC):
 
     #: how many batches may run at once (instance_group count, or replicas for remote backends)
     concurrency: int = 1
+    #: the timed warm-up batch (set by ``warm_up``); None when none ran
+    calibration: Calibration | None = None
 
     @abstractmethod
     async def execute(self, inputs: Tensors, output_names: list[str]) -> Tensors:

@@ -20,7 +20,10 @@ from service.settings import Settings
 
 ENV_PREFIX = str(Settings.model_config.get("env_prefix", ""))
 # Flags kept from before the flags were generated, beside each field's own ``--kebab-case``.
-EXTRA_FLAGS: dict[str, tuple[str, ...]] = {"startup_models": ("--load-model",)}
+EXTRA_FLAGS: dict[str, tuple[str, ...]] = {
+    "startup_models": ("--load-model",),
+    "api_keys_file": ("--api-keys",),  # the spelling the security issue promised
+}
 _SIMPLE_TYPES = (str, int, float, bool, Path)
 _SECTION = re.compile(r"^\s*#\s*-+\s*(?P<title>[^-].*?)\s*-+\s*$")
 _FIELD_LINE = re.compile(r"^\s{4}(?P<name>[a-z_][a-z0-9_]*)\s*:")

@@ -17,52 +17,15 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
-from tritonclient.grpc import model_config_pb2
-
-from service.dataplane.shedding import WaitEstimator
+from service.dataplane.batches import Outputs, Pending, merge, split
+from service.dataplane.shedding import QueuePolicy, Shedder
 from service.errors import BadRequest, InferenceError, Internal, Overloaded, Timeout, Unavailable
-from service.messages import Array, Tensors
 from service.models.version import ModelVersion, Submission
 from service.observability.statistics import ModelStats
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-Outputs = Tensors
-
-
-@dataclass(slots=True)
-class Pending:
-    inputs: Tensors
-    rows: int
-    signature: tuple[object, ...]
-    future: asyncio.Future[Outputs]
-    enqueued_ns: int
-    deadline_ns: int  # 0 = no deadline
-    client_gone: Callable[[], bool] | None = None
-    tokens: int = 0  # padded sequence length of each row (token budget; 0 = not counted)
-
-
-@dataclass(slots=True)
-class _QueuePolicy:
-    max_size: int
-    timeout_us: int
-    allow_override: bool
-
-    @classmethod
-    def from_config(
-        cls, policy: model_config_pb2.ModelQueuePolicy, settings: Settings
-    ) -> _QueuePolicy:
-        return cls(
-            max_size=policy.max_queue_size or settings.max_queue_size,
-            timeout_us=policy.default_timeout_microseconds
-            or int(settings.default_timeout_ms * 1000),
-            allow_override=policy.allow_timeout_override or not policy.default_timeout_microseconds,
-        )
 
 
 class DynamicBatcher:
@@ -83,7 +46,7 @@ class DynamicBatcher:
         levels = max(config.priority_levels, 1)
         self.default_level = config.default_priority_level or levels
         self.policies = [
-            _QueuePolicy.from_config(
+            QueuePolicy.from_config(
                 config.priority_queue_policy.get(level, config.default_queue_policy), settings
             )
             for level in range(1, levels + 1)
@@ -96,8 +59,16 @@ class DynamicBatcher:
         self.in_flight = 0  # batches running
         self.running_requests = 0
         self.running_rows = 0
-        self.wait = WaitEstimator(model.name, self.slots)
-        self.max_wait_us = int(settings.max_queue_wait_ms * 1000)
+        self.running_tokens = 0
+        #: work is counted in rows x tokens for a model that pads token sequences, else rows
+        self.token_units = bool(model.pad_inputs)
+        self.shedder = Shedder(
+            model.name, self.slots, 2 * max(self.max_rows, 1) * self.slots, settings
+        )
+        self.wait = self.shedder.wait
+        calibration = model.backend.calibration
+        if calibration is not None:  # the warm-up batch: an estimate from the first request on
+            self.wait.seed(calibration.units, calibration.seconds)
         self.closed = False
         self._wakeup = asyncio.Event()
         self._settled = asyncio.Event()  # set whenever requests leave the queue or a batch ends
@@ -109,17 +80,14 @@ class DynamicBatcher:
     # -- called by the data plane ---------------------------------------------------------------
     def submit(self, submission: Submission) -> asyncio.Future[Outputs]:
         """Enqueue a validated request; the future resolves to its own rows of the outputs.
-        Its ``key`` matters only to a remote scheduler: in-process, the response cache already
-        coalesced identical requests."""
-        priority, timeout_us, rows = submission.priority, submission.timeout_us, submission.rows
+        Unless the request was ``admitted`` as a whole already (:meth:`admit`), it is refused
+        here when its predicted stay exceeds its budget. Its ``key`` matters only to a remote
+        scheduler: in-process, the response cache already coalesced identical requests."""
         if self.closed:
             raise Unavailable(
                 f"model '{self.model.name}' version {self.model.version} is unloading"
             )
-        level = priority or self.default_level
-        if not 1 <= level <= len(self.queues):
-            raise BadRequest(f"priority {priority} is outside 1..{len(self.queues)}")
-        policy = self.policies[level - 1]
+        level, policy = self._level(submission.priority)
         queue = self.queues[level - 1]
         if len(queue) >= policy.max_size:
             self.stats.metrics.rejected("queue_full")
@@ -127,37 +95,79 @@ class DynamicBatcher:
                 f"model '{self.model.name}' queue is full ({policy.max_size} requests waiting)",
                 retry_after_s=self.retry_after_s,
             )
-        timeout = timeout_us if (timeout_us and policy.allow_override) else policy.timeout_us
-        shed = self.wait.check(
-            self.model.name,
-            self.queued_rows + self.running_rows,
-            timeout_us or timeout or self.max_wait_us,
-        )
-        if shed is not None:
-            self.stats.metrics.rejected("predicted_wait")
-            raise shed
+        rows, tokens = submission.rows, submission.tokens
+        if not submission.admitted:
+            refused = self.refusal(
+                rows,
+                self.units(rows, tokens),
+                submission.priority,
+                submission.timeout_us,
+                submission.arrival_ns,
+            )
+            if refused is not None:
+                raise refused
         now = time.perf_counter_ns()
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        timeout = policy.timeout(submission.timeout_us)
         deadline = now + timeout * 1000 if timeout else 0
-        queue.append(
-            Pending(
-                submission.inputs,
-                rows,
-                submission.signature,
-                future,
-                now,
-                deadline,
-                submission.client_gone,
-                submission.tokens,
-            )
+        pending = Pending(
+            submission.inputs,
+            rows,
+            submission.signature,
+            future,
+            now,
+            deadline,
+            submission.client_gone,
+            tokens,
         )
+        queue.append(pending)
         self.queued += 1
         self.queued_rows += rows
-        self.queued_tokens += rows * submission.tokens
+        self.queued_tokens += rows * tokens
         self.stats.metrics.queue_depth.set(self.queued)
         if not self._wakeup.is_set():
             self._wakeup.set()
         return future
+
+    def units(self, rows: int, tokens: int) -> int:
+        """The work of ``rows`` rows of ``tokens`` tokens, as the estimator counts it."""
+        return rows * tokens if self.token_units and tokens else rows
+
+    def refusal(
+        self, rows: int, units: int, priority: int = 0, timeout_us: int = 0, arrival_ns: int = 0
+    ) -> Overloaded | None:
+        """The 503 (counted) for a request of ``rows`` rows and ``units`` units that would stay
+        past its budget; None when it may wait. ``rows`` 0: only the work already ahead counts
+        (a front end asking before it has read the body)."""
+        _, policy = self._level(priority)
+        ahead = (self.queued_rows + self.running_rows, self._units_ahead())
+        budget_us = self.shedder.budget_us(policy, timeout_us)
+        refused = self.shedder.refusal(ahead, (rows, units), budget_us, arrival_ns)
+        if refused is None:
+            return None
+        reason, error = refused
+        self.stats.metrics.rejected(reason)
+        return error
+
+    async def admit(
+        self, rows: int, units: int, priority: int = 0, timeout_us: int = 0, arrival_ns: int = 0
+    ) -> None:
+        """Admit a request of many parts as a whole (counted once); its parts are then
+        submitted ``admitted``."""
+        refused = self.refusal(rows, units, priority, timeout_us, arrival_ns)
+        if refused is not None:
+            raise refused
+
+    def _units_ahead(self) -> int:
+        if self.token_units:
+            return self.queued_tokens + self.running_tokens
+        return self.queued_rows + self.running_rows
+
+    def _level(self, priority: int) -> tuple[int, QueuePolicy]:
+        level = priority or self.default_level
+        if not 1 <= level <= len(self.queues):
+            raise BadRequest(f"priority {priority} is outside 1..{len(self.queues)}")
+        return level, self.policies[level - 1]
 
     @property
     def pending(self) -> int:
@@ -187,6 +197,7 @@ class DynamicBatcher:
                 self.in_flight += 1
                 self.running_requests += len(batch)
                 self.running_rows += sum(pending.rows for pending in batch)
+                self.running_tokens += sum(pending.rows * pending.tokens for pending in batch)
                 task = asyncio.get_running_loop().create_task(self._execute(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -318,7 +329,8 @@ class DynamicBatcher:
             self.in_flight -= 1
             self.running_requests -= len(batch)
             self.running_rows -= sum(pending.rows for pending in batch)
-            self.wait.publish(self.queued_rows + self.running_rows)
+            self.running_tokens -= sum(pending.rows * pending.tokens for pending in batch)
+            self.wait.publish(self._units_ahead())
             self._wakeup.set()
             self._settled.set()
 
@@ -332,60 +344,16 @@ class DynamicBatcher:
         model = self.model
         started = time.perf_counter_ns()
         mark = self.wait.started()
-        inputs = self._merge(batch)
+        inputs = merge(batch, self.model.pad_inputs, self.model.pad_values)
         merged = time.perf_counter_ns()
         outputs = await model.backend.execute(inputs, model.output_names)
         executed = time.perf_counter_ns()
-        self._split(batch, outputs)
+        split(batch, outputs)
         finished = time.perf_counter_ns()
         rows = sum(p.rows for p in batch) if model.batches else 1
-        self.wait.finished(mark, rows)
+        units = sum(self.units(p.rows, p.tokens) for p in batch) if model.batches else 1
+        self.wait.finished(mark, units)
         input_ns, infer_ns, output_ns = merged - started, executed - merged, finished - executed
         self.stats.record_execution(rows, input_ns, infer_ns, output_ns)
         queue_ns = sum(started - p.enqueued_ns for p in batch) // len(batch)
         self.stats.record_request(queue_ns, input_ns, infer_ns, output_ns, len(batch))
-
-    def _merge(self, batch: list[Pending]) -> Tensors:
-        if len(batch) == 1:
-            return batch[0].inputs
-        merged: Tensors = {}
-        for name in batch[0].inputs:
-            arrays = [pending.inputs[name] for pending in batch]
-            if name in self.model.pad_inputs:
-                arrays = _pad_to_longest(arrays, self.model.pad_values.get(name, 0))
-            merged[name] = np.concatenate(arrays, axis=0)
-        return merged
-
-    def _split(self, batch: list[Pending], outputs: Outputs) -> None:
-        if len(batch) == 1:
-            if not batch[0].future.done():
-                batch[0].future.set_result(outputs)
-            return
-        total = sum(p.rows for p in batch)
-        for name, array in outputs.items():
-            if array.ndim == 0 or array.shape[0] != total:
-                raise Internal(
-                    f"output '{name}' has shape {list(array.shape)}; expected {total} rows"
-                )
-        offset = 0
-        for pending in batch:
-            end = offset + pending.rows
-            if not pending.future.done():
-                pending.future.set_result(
-                    {name: array[offset:end] for name, array in outputs.items()}
-                )
-            offset = end
-
-
-def _pad_to_longest(arrays: list[Array], value: int = 0) -> list[Array]:
-    """Pad every non-batch axis to the longest in the batch with ``value`` (token ids with the
-    tokenizer's pad id, attention masks with 0)."""
-    longest = tuple(max(sizes) for sizes in zip(*(a.shape[1:] for a in arrays)))
-    padded = []
-    for array in arrays:
-        if array.shape[1:] == longest:
-            padded.append(array)
-            continue
-        widths = [(0, 0)] + [(0, want - have) for have, want in zip(array.shape[1:], longest)]
-        padded.append(np.pad(array, widths, constant_values=value))
-    return padded

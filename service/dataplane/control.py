@@ -9,6 +9,7 @@ from tritonclient.grpc import model_config_pb2
 from service.errors import BadRequest, NotFound
 from service.messages import Parameters
 from service.models.repository import RepositoryView
+from service.models.version import check_config
 from service.settings import Settings
 
 
@@ -42,6 +43,8 @@ def config_override(
     if not isinstance(text, str):
         raise BadRequest(f"failed to load '{name}': 'config' must be a JSON string")
     try:
-        return json_format.Parse(text, model_config_pb2.ModelConfig())
-    except json_format.ParseError as exc:
+        config = json_format.Parse(text, model_config_pb2.ModelConfig())
+        check_config(config)
+    except (json_format.ParseError, ValueError) as exc:
         raise BadRequest(f"failed to load '{name}': the config override is invalid: {exc}") from exc
+    return config

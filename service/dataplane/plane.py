@@ -17,7 +17,8 @@ from tritonclient.grpc import model_config_pb2
 
 from service import __version__
 from service.cache import ResponseCache
-from service.dataplane.batching import DynamicBatcher, Outputs
+from service.dataplane.batches import Outputs
+from service.dataplane.batching import DynamicBatcher
 from service.dataplane.control import check_model_control, config_override
 from service.errors import BadRequest, InferenceError
 from service.messages import (
@@ -188,13 +189,25 @@ class DataPlane:
         try:
             items = await self._tokens(model, request)
             work = self._validate(model, request, items)
-            await self.admission.admit_infer(model.name, work.rows)
+            await self._admit(model, work)
             outputs = await self._execute(model, work)
         except InferenceError:
             model.stats.record_failure(time.perf_counter_ns() - started)
             raise
-        model.stats.record_success(time.perf_counter_ns() - started)
+        arrival = request.arrival_ns
+        stay_ns = time.monotonic_ns() - arrival if arrival else 0
+        model.stats.record_success(time.perf_counter_ns() - started, stay_ns)
         return work, outputs
+
+    async def _admit(self, model: ModelVersion, work: Work) -> None:
+        """The key's allow-list and rate limits; a request of many parts is also admitted by
+        the model's queue here, as a whole (one part alone is, when it is scheduled)."""
+        await self.admission.admit_infer(model.name, work.rows)
+        if work.stacked:
+            first = work.parts[0][0]
+            units = sum(model.scheduler.units(a.rows, a.tokens) for _, a in work.parts)
+            figures = (first.priority, first.timeout_us, first.arrival_ns)
+            await model.scheduler.admit(work.rows, units, *figures)
 
     async def _tokens(
         self, model: ModelVersion, request: InferRequest | ItemsRequest
@@ -245,7 +258,10 @@ class DataPlane:
             request, admitted = work.parts[0]
             outputs = await self._outputs(model, request, admitted)
             return {name: outputs[name] for name in work.names}
-        tasks = [asyncio.ensure_future(self._outputs(model, *part)) for part in work.parts]
+        tasks = [
+            asyncio.ensure_future(self._outputs(model, request, admitted, whole=True))
+            for request, admitted in work.parts
+        ]
         try:
             rows = await asyncio.gather(*tasks)
         except BaseException:
@@ -255,15 +271,15 @@ class DataPlane:
         return stack_rows(rows, work.names)
 
     async def _outputs(
-        self, model: ModelVersion, request: InferRequest, admitted: Admitted
+        self, model: ModelVersion, request: InferRequest, admitted: Admitted, whole: bool = False
     ) -> Outputs:
         """From the cache (or an identical request in flight) when allowed, else the batcher."""
         cache = self.cache
         if not (request.use_cache and cache is not None and cache.enabled_for(model.config)):
-            return await _submit(model, request, admitted)
+            return await _submit(model, request, admitted, None, whole)
         key = cache.key(model.name, model.version, request, admitted.output_names)
         outputs, _ = await cache.get_or_compute(
-            key, model.name, model.version, lambda: _submit(model, request, admitted, key)
+            key, model.name, model.version, lambda: _submit(model, request, admitted, key, whole)
         )
         return outputs
 
@@ -291,14 +307,20 @@ def _items_base(model: ModelVersion, request: ItemsRequest) -> InferRequest:
         outputs=request.outputs,
         use_cache=request.use_cache,
         client_gone=request.client_gone,
+        arrival_ns=request.arrival_ns,
     )
 
 
 def _submit(
-    model: ModelVersion, request: InferRequest, admitted: Admitted, key: str | None = None
+    model: ModelVersion,
+    request: InferRequest,
+    admitted: Admitted,
+    key: str | None = None,
+    whole: bool = False,
 ) -> asyncio.Future[Outputs]:
     """Hand a validated request to its model's batcher (``key``: its cache key, by which a
-    shared executor coalesces identical requests from several front ends)."""
+    shared executor coalesces identical requests from several front ends; ``whole``: a part of
+    a request the queue admitted as a whole already)."""
     return model.scheduler.submit(
         Submission(
             request.inputs,
@@ -309,5 +331,7 @@ def _submit(
             request.client_gone,
             admitted.tokens,
             key,
+            request.arrival_ns,
+            admitted=whole,
         )
     )

@@ -1,10 +1,16 @@
-"""Shedding by predicted wait: refuse at once what would only be answered after its budget.
+"""Shedding by predicted stay: refuse at once what would only be answered after its budget.
 
-A request's wait is the work ahead of it (rows queued plus rows running) divided by the model's
-measured throughput: an EWMA of rows / execution time per execution, times the executions that
-run at once. Before anything was measured the estimate is unknown and every request is admitted.
-The estimate is exported per model as ``infergate_predicted_wait_seconds`` (an autoscaling
-signal). Durations come from an injectable clock, so tests decide them.
+A request's budget covers its whole stay: from its arrival at the front end (decoding included)
+through the queue to the end of its own execution. Its predicted stay is the time already spent
+plus the work ahead of it and its own (queued and running) divided by the model's measured
+throughput. Work is counted in units: rows, or for a model that pads token sequences, rows x
+tokens, since a batch of long texts costs more than one of short ones.
+
+Throughput comes from the model's warm-up batch at load (so a freshly started gateway predicts
+from its first request) and then from every execution: the first measured one replaces the
+warm-up figure, later ones are averaged in. The estimate is exported per model as
+``infergate_predicted_wait_seconds`` (an autoscaling signal). Durations come from an injectable
+clock, so tests decide them.
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import Gauge
+from tritonclient.grpc import model_config_pb2
 
 from service.errors import Overloaded
+from service.settings import Settings
 
 PREDICTED_WAIT = Gauge(
     "infergate_predicted_wait_seconds",
@@ -25,7 +34,7 @@ PREDICTED_WAIT = Gauge(
 
 
 class WaitEstimator:
-    """Throughput of one model version and the wait it predicts for queued work."""
+    """Throughput of one model version (units per second of one execution slot)."""
 
     def __init__(
         self,
@@ -37,43 +46,123 @@ class WaitEstimator:
         self.slots = max(slots, 1)
         self.alpha = alpha
         self.clock = clock
-        #: rows per second of one execution slot; None until the first execution is measured
-        self.rows_per_s: float | None = None
+        #: units per second of one slot; None until the warm-up or an execution was measured
+        self.units_per_s: float | None = None
+        #: a real execution was measured (the warm-up figure only stands in until then)
+        self.measured = False
         self.gauge = PREDICTED_WAIT.labels(model)
+
+    def seed(self, units: int, seconds: float) -> None:
+        """The warm-up batch's figure, used until a real execution is measured."""
+        if units > 0 and seconds > 0 and not self.measured:
+            self.units_per_s = units / seconds
 
     def started(self) -> float:
         """Mark an execution's start; hand the value back to :meth:`finished`."""
         return self.clock()
 
-    def finished(self, started: float, rows: int) -> None:
-        """Fold one execution of ``rows`` rows into the throughput average."""
+    def finished(self, started: float, units: int) -> None:
+        """Fold one execution of ``units`` units into the throughput average."""
         elapsed = self.clock() - started
-        if elapsed <= 0 or rows <= 0:
+        if elapsed <= 0 or units <= 0:
             return
-        rate = rows / elapsed
-        previous = self.rows_per_s
-        self.rows_per_s = rate if previous is None else previous + self.alpha * (rate - previous)
+        rate = units / elapsed
+        previous = self.units_per_s
+        if previous is None or not self.measured:
+            self.units_per_s, self.measured = rate, True
+        else:
+            self.units_per_s = previous + self.alpha * (rate - previous)
 
-    def predict(self, rows_ahead: int) -> float | None:
-        """Seconds until ``rows_ahead`` rows are done; None while nothing was measured."""
-        if self.rows_per_s is None:
+    def predict(self, units: int) -> float | None:
+        """Seconds until ``units`` units are done; None while nothing was measured."""
+        if self.units_per_s is None:
             return None
-        return rows_ahead / (self.rows_per_s * self.slots)
+        return units / (self.units_per_s * self.slots)
 
-    def publish(self, rows_ahead: int) -> float | None:
+    def publish(self, units_ahead: int) -> float | None:
         """Predict for a request arriving now and export it as the model's gauge."""
-        wait = self.predict(rows_ahead)
+        wait = self.predict(units_ahead)
         self.gauge.set(wait or 0.0)
         return wait
 
-    def check(self, model: str, rows_ahead: int, budget_us: int) -> Overloaded | None:
-        """The refusal (503 + Retry-After) when the predicted wait exceeds ``budget_us``."""
-        wait = self.publish(rows_ahead)
-        budget_s = budget_us / 1e6
-        if wait is None or budget_s <= 0 or wait <= budget_s:
-            return None
-        return Overloaded(
-            f"model '{model}' is overloaded: predicted queue wait {wait:.2f} s exceeds the "
-            f"request's budget of {budget_s:.2f} s",
-            retry_after_s=max(1, math.ceil(wait - budget_s)),
+
+def over_budget(model: str, stay_s: float, budget_s: float) -> Overloaded:
+    """The refusal (503 + Retry-After) of a request whose predicted stay exceeds its budget."""
+    return Overloaded(
+        f"model '{model}' is overloaded: predicted stay {_seconds(stay_s)} s exceeds the "
+        f"request's budget of {_seconds(budget_s)} s",
+        retry_after_s=max(1, math.ceil(stay_s - budget_s)),
+    )
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f}" if value >= 1 else f"{value:.3g}"
+
+
+@dataclass(slots=True)
+class QueuePolicy:
+    """Triton's ``ModelQueuePolicy`` of one priority level, with the settings' defaults."""
+
+    max_size: int
+    timeout_us: int
+    allow_override: bool
+
+    @classmethod
+    def from_config(
+        cls, policy: model_config_pb2.ModelQueuePolicy, settings: Settings
+    ) -> QueuePolicy:
+        return cls(
+            max_size=policy.max_queue_size or settings.max_queue_size,
+            timeout_us=policy.default_timeout_microseconds
+            or int(settings.default_timeout_ms * 1000),
+            allow_override=policy.allow_timeout_override or not policy.default_timeout_microseconds,
         )
+
+    def timeout(self, asked_us: int) -> int:
+        """The queue timeout of a request that asked for ``asked_us`` (0 = none asked)."""
+        return asked_us if (asked_us and self.allow_override) else self.timeout_us
+
+
+class Shedder:
+    """Admission by predicted stay for one model version's queue.
+
+    A model without a warm-up figure (warm-up off or failed, or run by remote Triton servers)
+    has no estimate until its first batch ends; until then its queue holds at most ``cold_rows``
+    rows, queued and running, so a cold burst stays bounded there too."""
+
+    def __init__(self, model: str, slots: int, cold_rows: int, settings: Settings) -> None:
+        self.model = model
+        self.wait = WaitEstimator(model, slots)
+        self.cold_rows = cold_rows
+        self.max_wait_us = int(settings.max_queue_wait_ms * 1000)
+
+    def budget_us(self, policy: QueuePolicy, timeout_us: int) -> int:
+        """A request's budget: its own timeout, else its queue policy's, else the settings'
+        ``max_queue_wait_ms`` (0 = never shed)."""
+        return timeout_us or policy.timeout(timeout_us) or self.max_wait_us
+
+    def refusal(
+        self, ahead: tuple[int, int], own: tuple[int, int], budget_us: int, arrival_ns: int
+    ) -> tuple[str, Overloaded] | None:
+        """(reason, error) when a request of ``own`` (rows, units) behind ``ahead`` (the rows
+        and units queued and running) must be refused, else None. An idle model refuses
+        nothing. ``arrival_ns`` (``time.monotonic_ns`` at the front end; 0 = unknown) counts
+        the time the request already spent against its budget."""
+        self.wait.publish(ahead[1])
+        if budget_us <= 0 or not ahead[0]:
+            return None
+        wait = self.wait.predict(ahead[1] + own[1])
+        if wait is None:  # no warm-up figure and nothing measured yet: bound the rows instead
+            if ahead[0] + own[0] <= self.cold_rows:
+                return None
+            return "cold_queue", Overloaded(
+                f"model '{self.model}' has no throughput measured yet: {ahead[0]} rows are "
+                f"queued or running, at most {self.cold_rows} until its first batch ends",
+                retry_after_s=1,
+            )
+        spent_s = (time.monotonic_ns() - arrival_ns) / 1e9 if arrival_ns else 0.0
+        budget_s = budget_us / 1e6
+        stay = spent_s + wait
+        if stay <= budget_s:
+            return None
+        return "predicted_wait", over_budget(self.model, stay, budget_s)

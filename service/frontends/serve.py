@@ -75,7 +75,7 @@ async def serve(
     await dataplane.start()
     grpc_server = await _start_grpc(dataplane, settings, place)
     http_socket = bind_http_socket(settings.host, settings.http_port, place is not None)
-    server = _http_server(dataplane, settings, place)
+    server = http_server(dataplane, settings, place)
     tune_gc()
     log.info(
         "HTTP listening on %s:%d (models from %s)",
@@ -110,7 +110,7 @@ async def _start_grpc(
     return grpc_server
 
 
-def _http_server(dataplane: DataPlane, settings: Settings, place: WorkerPlace | None) -> _Server:
+def http_server(dataplane: DataPlane, settings: Settings, place: WorkerPlace | None) -> _Server:
     """uvicorn over the REST app; the connection cap counts this server's connections, or with
     ``place`` every worker's (each publishes its own count to the shared tally)."""
 

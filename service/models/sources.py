@@ -126,6 +126,8 @@ class LocalOnnxSource(ModelSource):
 
         folder = self.root / name
         base = self._config(folder) if override is None else _named(override, name)
+        if not base.platform and not base.backend:  # as Triton completes an ONNX model's config
+            base.platform = "onnxruntime_onnx"
         if base.platform not in ("", "onnxruntime_onnx") and base.backend not in ("onnxruntime",):
             raise ValueError(
                 f"platform '{base.platform or base.backend}' is not served by the embedded "
@@ -144,8 +146,8 @@ class LocalOnnxSource(ModelSource):
             config.CopyFrom(base)
             backend = OnnxRuntimeBackend(folder / str(version) / filename, config, self.settings)
             backend.complete_config(config)
-            backend.warm_up(config)  # model_warmup runs while the model is LOADING
             _complete_sequence_limit(config, folder / str(version) / filename)
+            backend.warm_up(config)  # model_warmup runs while the model is LOADING
             graph_inputs = {tensor.name for tensor in config.input}
             tokenizer = TextTokenizer.load([folder / str(version), folder], config, graph_inputs)
             self._tokenizers[(name, str(version))] = tokenizer

@@ -121,20 +121,23 @@ class TextTokenizer:
 
     def from_ids(self, index: int, ids: Sequence[int], truncate: bool) -> TokenizedItem:
         """A client's own token ids (the model's vocabulary, special tokens included)."""
-        array = np.asarray(ids, dtype=np.int64)
-        if array.size == 0:
+        if not ids:
             raise BadRequest(f"input {index} is an empty token array", param="input")
-        if int(array.min()) < 0 or int(array.max()) >= self.vocab_size:
-            raise BadRequest(
-                f"input {index} has a token id outside the vocabulary 0..{self.vocab_size - 1}",
-                param="input",
-            )
+        if min(ids) < 0 or max(ids) >= self.vocab_size:  # before any C integer conversion
+            raise self.outside_vocabulary(f"input {index}")
+        array = np.asarray(ids, dtype=np.int64)
         limit = self.options.max_length
         if array.size > limit:
             if not truncate:
                 raise self._too_long(index)
             array = array[-limit:] if self.options.truncation_side == "left" else array[:limit]
         return TokenizedItem(array, np.zeros_like(array))
+
+    def outside_vocabulary(self, where: str) -> BadRequest:
+        return BadRequest(
+            f"{where} has a token id outside the vocabulary 0..{self.vocab_size - 1}",
+            param="input",
+        )
 
     def _too_long(self, index: int) -> BadRequest:
         return BadRequest(

@@ -13,6 +13,7 @@ from tritonclient.grpc import model_config_pb2
 
 from service import parameters
 from service.datatypes import CONFIG_TO_V2, V2_TO_NUMPY
+from service.errors import InferenceError
 from service.messages import JsonObject, Tensors
 from service.observability.statistics import ModelStats
 
@@ -43,6 +44,37 @@ class TensorSpec:
 
     def metadata(self) -> JsonObject:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def check_config(config: model_config_pb2.ModelConfig) -> None:
+    """The rules Triton applies to a model configuration before it loads one (its own
+    config.pbtxt or a load's ``config`` parameter); ValueError names the first one broken."""
+    if config.max_batch_size < 0:
+        raise ValueError(f"max_batch_size must be >= 0, not {config.max_batch_size}")
+    if config.HasField("dynamic_batching"):
+        if config.max_batch_size == 0:
+            raise ValueError("dynamic batching needs max_batch_size > 0")
+        for size in config.dynamic_batching.preferred_batch_size:
+            if not 0 < size <= config.max_batch_size:
+                raise ValueError(
+                    f"preferred_batch_size {size} is not in 1..max_batch_size "
+                    f"({config.max_batch_size})"
+                )
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        names: set[str] = set()
+        for tensor in tensors:
+            if not tensor.name or tensor.name in names:
+                raise ValueError(f"every {kind} needs a name of its own (got {tensor.name!r})")
+            names.add(tensor.name)
+            if tensor.data_type == model_config_pb2.TYPE_INVALID:
+                raise ValueError(f"{kind} '{tensor.name}' needs a data_type")
+            if any(dim < -1 for dim in tensor.dims):
+                raise ValueError(
+                    f"{kind} '{tensor.name}' has dims {list(tensor.dims)}: each is -1 or >= 0"
+                )
+    for group in config.instance_group:
+        if group.count < 0:
+            raise ValueError(f"instance_group count must be >= 0, not {group.count}")
 
 
 def tensor_specs(
@@ -77,6 +109,8 @@ class Submission:
     client_gone: Callable[[], bool] | None = None  # True once the client has hung up
     tokens: int = 0  # padded sequence length of each row, counted against the token budget
     key: str | None = None  # cache key: a shared executor runs identical requests once
+    arrival_ns: int = 0  # time.monotonic_ns() at the front end: the budget covers the whole stay
+    admitted: bool = False  # its request was admitted as a whole (Scheduler.admit) already
 
 
 class Scheduler(Protocol):
@@ -87,6 +121,23 @@ class Scheduler(Protocol):
     def pending(self) -> int: ...
 
     def submit(self, submission: Submission) -> asyncio.Future[Tensors]: ...
+
+    def refusal(
+        self, rows: int, units: int, priority: int = 0, timeout_us: int = 0, arrival_ns: int = 0
+    ) -> InferenceError | None:
+        """The error (counted) for a request that would stay past its budget, else None; with
+        ``rows`` 0, whether the work already ahead does (asked before the body is read)."""
+        ...
+
+    async def admit(
+        self, rows: int, units: int, priority: int = 0, timeout_us: int = 0, arrival_ns: int = 0
+    ) -> None:
+        """Admit a request of many parts as a whole (refused once, or not at all)."""
+        ...
+
+    def units(self, rows: int, tokens: int) -> int:
+        """The work of ``rows`` rows of ``tokens`` tokens each, as admission counts it."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -121,6 +172,7 @@ class ModelVersion:
         self.outputs = tensor_specs(self.config.output, self.batches)
         self.output_names = list(self.outputs)
         config = self.config
+        check_config(config)
         parameters.check(config)
         self.pad_inputs = frozenset(
             n for n in parameters.PAD_INPUTS.names(config) if n in self.inputs

@@ -32,6 +32,13 @@ LATENCY = Histogram(
     ("model",),
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
+STAY = Histogram(
+    "infergate_request_stay_seconds",
+    "A request's whole stay, from its arrival at the front end (decoding included) to its "
+    "answer: what the admission budget (--max-queue-wait-ms) covers",
+    ("model",),
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0),
+)
 REJECTED = Counter(
     "infergate_rejected_requests_total", "Requests refused before running", ("model", "reason")
 )
@@ -84,12 +91,17 @@ class ModelMetrics:
     queue_depth: Gauge
     batch_size: Histogram
     latency: Histogram
+    stay: Histogram
     model: str
 
     @classmethod
     def bind(cls, model: str) -> ModelMetrics:
         return cls(
-            QUEUE_DEPTH.labels(model), BATCH_SIZE.labels(model), LATENCY.labels(model), model
+            QUEUE_DEPTH.labels(model),
+            BATCH_SIZE.labels(model),
+            LATENCY.labels(model),
+            STAY.labels(model),
+            model,
         )
 
     def rejected(self, reason: str) -> None:

@@ -75,10 +75,14 @@ class ModelStats:
         self.compute_infer.add(infer_ns * requests, requests)
         self.compute_output.add(output_ns * requests, requests)
 
-    def record_success(self, total_ns: int) -> None:
+    def record_success(self, total_ns: int, stay_ns: int = 0) -> None:
+        """A request answered: ``total_ns`` in the data plane, ``stay_ns`` since it arrived at
+        the front end (what admission's budget covers; 0 = unknown)."""
         self.success.add(total_ns)
         self.last_inference_ms = time.time_ns() // 1_000_000
         self.metrics.latency.observe(total_ns / 1e9)
+        if stay_ns:
+            self.metrics.stay.observe(stay_ns / 1e9)
 
     def record_failure(self, total_ns: int) -> None:
         self.fail.add(total_ns)

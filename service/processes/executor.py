@@ -28,7 +28,8 @@ from tritonclient.grpc import model_config_pb2
 from service.cache import codec
 from service.cache.response_cache import SharedOutputs
 from service.cache.stores import LocalStore
-from service.dataplane.batching import DynamicBatcher, Outputs
+from service.dataplane.batches import Outputs
+from service.dataplane.batching import DynamicBatcher
 from service.errors import Unavailable
 from service.host import tune_gc
 from service.messages import JsonObject
@@ -59,7 +60,7 @@ FAN_OUT_TIMEOUT_S = 5.0
 @dataclass(slots=True)
 class _Flight:
     future: asyncio.Future[Outputs]
-    watchers: list[tuple[Channel, int] | None]
+    watchers: list[tuple[Channel, int]]
 
 
 class Executor:
@@ -149,6 +150,10 @@ class Executor:
             if cancelled is not None:
                 cancelled.add(payload)
             return None
+        if kind == "admit":
+            name, version, *figures = cast("tuple[object, ...]", payload)
+            model = self.repository.get(str(name), str(version))
+            return model.scheduler.admit(*cast("list[int]", figures))
         if kind == "snapshot":
             return self.snapshot()
         if kind == "cache_get":
@@ -172,7 +177,7 @@ class Executor:
 
     def _submit(self, call: SubmitCall, channel: Channel, call_id: int) -> asyncio.Future[Outputs]:
         model = self.repository.get(call.model, call.version)
-        watcher = (channel, call_id) if call.watched else None
+        watcher = (channel, call_id)
         if call.key is not None:
             flight = self._flights.get(call.key)
             if flight is not None and not flight.future.done():
@@ -187,27 +192,27 @@ class Executor:
             call.timeout_us,
             lambda: all(self._gone(one) for one in watchers),
             call.tokens,
+            arrival_ns=call.arrival_ns,
+            admitted=call.admitted,
         )
         future = model.scheduler.submit(submission)
         if call.key is not None:
             key, flight = call.key, _Flight(future, watchers)
             self._flights[key] = flight
             future.add_done_callback(lambda _: self._land(key, flight))
-        elif watcher is not None:
+        else:
             future.add_done_callback(lambda _: self._forget(watcher))
         return future
 
-    def _gone(self, watcher: tuple[Channel, int] | None) -> bool:
-        """Whether the client behind a call hung up (its worker said so, or the worker died)."""
-        if watcher is None:
-            return False
+    def _gone(self, watcher: tuple[Channel, int]) -> bool:
+        """Whether the client behind a call hung up or its worker cancelled it (the worker said
+        so, or the worker died)."""
         channel, call_id = watcher
         cancelled = self._cancelled.get(channel)
         return cancelled is None or call_id in cancelled
 
-    def _forget(self, watcher: tuple[Channel, int] | None) -> None:
-        if watcher is not None:
-            self._cancelled.get(watcher[0], set()).discard(watcher[1])
+    def _forget(self, watcher: tuple[Channel, int]) -> None:
+        self._cancelled.get(watcher[0], set()).discard(watcher[1])
 
     def _land(self, key: str, flight: _Flight) -> None:
         if self._flights.get(key) is flight:

@@ -51,4 +51,5 @@ class SubmitCall(NamedTuple):
     timeout_us: int
     tokens: int
     key: str | None  # cache key: identical requests in flight share one execution
-    watched: bool  # the worker will send "cancel" if the client hangs up
+    arrival_ns: int  # time.monotonic_ns() at the worker's front end (one clock for both)
+    admitted: bool  # admitted as a whole already (an "admit" call for a request of many parts)

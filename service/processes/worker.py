@@ -21,7 +21,7 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from service.backends.base import Backend
 from service.cache import ResponseCache
-from service.dataplane.batching import Outputs
+from service.dataplane.batches import Outputs
 from service.dataplane.plane import DataPlane
 from service.errors import InferenceError, Internal, Unavailable
 from service.messages import JsonObject, Tensors
@@ -86,8 +86,16 @@ class ExecutorLink:
         call_id, future = channel.call_with_id("submit", call)
         if client_gone is not None and call_id:
             self._watched[call_id] = client_gone
-            future.add_done_callback(lambda _: self._watched.pop(call_id, None))
+        if call_id:
+            future.add_done_callback(lambda done: self._settled(call_id, done))
         return cast("asyncio.Future[Outputs]", future)
+
+    def _settled(self, call_id: int, future: asyncio.Future[object]) -> None:
+        """A call answered, or cancelled here (its request failed as a whole): the executor
+        then need not run it."""
+        self._watched.pop(call_id, None)
+        if future.cancelled() and self.channel is not None:
+            self.channel.notify("cancel", call_id)
 
     async def _keep_connected(self) -> None:
         while True:
@@ -134,15 +142,32 @@ class RemoteScheduler:
 
     pending = 0  # the executor counts queued requests; summed views take its figure
 
-    def __init__(self, link: ExecutorLink, name: str, version: str) -> None:
+    def __init__(self, link: ExecutorLink, name: str, version: str, token_units: bool) -> None:
         self.link = link
         self.name = name
         self.version = version
+        self.token_units = token_units
 
     def submit(self, submission: Submission) -> asyncio.Future[Outputs]:
-        s, gone = submission, submission.client_gone
+        s = submission
         call = (self.name, self.version, s.inputs, s.rows, s.signature, s.priority, s.timeout_us)
-        return self.link.submit((*call, s.tokens, s.key, gone is not None), gone)
+        return self.link.submit((*call, s.tokens, s.key, s.arrival_ns, s.admitted), s.client_gone)
+
+    def refusal(
+        self, rows: int, units: int, priority: int = 0, timeout_us: int = 0, arrival_ns: int = 0
+    ) -> InferenceError | None:
+        """The executor holds the queues: it decides when the request reaches it."""
+        return None
+
+    async def admit(
+        self, rows: int, units: int, priority: int = 0, timeout_us: int = 0, arrival_ns: int = 0
+    ) -> None:
+        """One round trip for a request of many parts, admitted (or refused) as a whole."""
+        figures = (rows, units, priority, timeout_us, arrival_ns)
+        await self.link.call("admit", (self.name, self.version, *figures))
+
+    def units(self, rows: int, tokens: int) -> int:
+        return rows * tokens if self.token_units and tokens else rows
 
     async def close(self) -> None:
         return None
@@ -228,7 +253,7 @@ class MirrorRepository(RepositoryView):
         model = ModelVersion(
             name, version, config, RemoteBackend(self.link, details.healthy), tokenizer
         )
-        model.scheduler = RemoteScheduler(self.link, name, version)
+        model.scheduler = RemoteScheduler(self.link, name, version, bool(model.pad_inputs))
         return model
 
     def executor_lost(self) -> None:

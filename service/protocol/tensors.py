@@ -6,13 +6,18 @@ count come before any data is read, so a hostile shape costs nothing.
 
 from __future__ import annotations
 
+import math
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.datatypes import deserialize_bytes, numpy_dtype
 from service.errors import BadRequest
 from service.messages import Array
+
+if TYPE_CHECKING:
+    from service.models.version import ModelVersion
 
 # A JSON value too large for FP16/FP32 becomes Inf, which validation rejects with a 400: the cast's
 # warning would only be noise (and np.errstate per tensor costs more than a small conversion).
@@ -105,3 +110,25 @@ _KIND_NAMES = {"U": "strings", "S": "strings", "O": "objects", "f": "non-integer
 def _check_count(name: str, shape: tuple[int, ...], count: int, got: int) -> None:
     if got != count:
         raise BadRequest(f"input '{name}': shape {list(shape)} needs {count} elements, got {got}")
+
+
+def binary_work(model: ModelVersion, nbytes: int) -> tuple[int, int]:
+    """(rows, tokens per row) that ``nbytes`` of binary tensor data carry for ``model``, as far
+    as the bytes alone tell (0 where they cannot): for judging a request before reading it."""
+    if not model.batches:
+        return 0, 0
+    fixed = 0
+    token_bytes = 0
+    for spec in model.inputs.values():
+        size = spec.dtype.itemsize
+        if spec.datatype == "BYTES":
+            return 0, 0
+        if spec.name in model.pad_inputs and list(spec.dims) == [-1]:
+            token_bytes += size
+        elif -1 in spec.dims:
+            return 0, 0
+        else:
+            fixed += size * math.prod(spec.dims)
+    if token_bytes:  # rows x tokens x bytes of each padded input; at least one row
+        return 1, nbytes // token_bytes if not fixed else 0
+    return (nbytes // fixed if fixed else 0), 0

@@ -98,6 +98,7 @@ def item_requests(
                 timeout_us=base.timeout_us,
                 use_cache=base.use_cache,
                 client_gone=base.client_gone,
+                arrival_ns=base.arrival_ns,
             )
         )
     return requests

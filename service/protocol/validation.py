@@ -71,6 +71,8 @@ def validate(model: ModelVersion, request: InferRequest, max_elements: int) -> A
         if not declared_checked:
             check_declared(model, name, request.datatypes.get(name, spec.datatype), array.shape)
         _check_values(spec, array, max_elements)
+        if name == "input_ids" and model.tokenizer is not None and array.size:
+            _check_vocabulary(model, array)
         if model.batches:
             if index == 0:
                 rows = array.shape[0]
@@ -135,6 +137,15 @@ def _check_values(spec: TensorSpec, array: Array, max_elements: int) -> None:
         )
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise BadRequest(f"input '{spec.name}' contains NaN or Inf")
+
+
+def _check_vocabulary(model: ModelVersion, ids: Array) -> None:
+    """Token ids of a model with a tokenizer: inside its vocabulary (ONNX ``Gather`` would wrap
+    a negative id around, and fail past the end with a message of its own)."""
+    tokenizer = model.tokenizer
+    assert tokenizer is not None
+    if int(ids.min()) < 0 or int(ids.max()) >= tokenizer.vocab_size:
+        raise tokenizer.outside_vocabulary("input 'input_ids'")
 
 
 def _check_batch_rows(model: ModelVersion, name: str, rows: int) -> None:

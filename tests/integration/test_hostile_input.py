@@ -42,9 +42,10 @@ def post(gateway: Gateway, path: str, body: bytes, **headers: str) -> httpx.Resp
     return httpx.post(f"{gateway.base_url}{path}", content=body, headers=headers, timeout=120)
 
 
-def tokens(ids: int, mask: int | None = None) -> bytes:
+def tokens(ids: int, mask: int | None = None, token: int = 1) -> bytes:
     def tensor(name: str, length: int) -> dict[str, object]:
-        return {"name": name, "shape": [1, length], "datatype": "INT64", "data": [1] * length}
+        data = [token] * length if name == "input_ids" else [1] * length
+        return {"name": name, "shape": [1, length], "datatype": "INT64", "data": data}
 
     mask = ids if mask is None else mask
     inputs = [tensor("input_ids", ids), tensor("attention_mask", mask)]
@@ -90,6 +91,21 @@ ROWS: dict[str, tuple[str, bytes, dict[str, str], int, str]] = {
     "sequence length 0": ("minilm_embed", tokens(0), {}, 400, "has an empty sequence"),
     "paired lengths differ": ("minilm_embed", tokens(8, 7), {}, 400, "must have the same shape"),
     "sequence over 512": ("minilm_embed", tokens(513), {}, 400, "takes at most 512"),
+    "negative token id": (
+        "minilm_embed",
+        tokens(4, token=-1),
+        {},
+        400,
+        "input 'input_ids' has a token id outside the vocabulary 0..30521",
+    ),
+    "token id past the vocabulary": (
+        "minilm_embed",
+        tokens(4, token=30522),
+        {},
+        400,
+        "input 'input_ids' has a token id outside the vocabulary 0..30521",
+    ),
+    "token id 2**63": ("minilm_embed", tokens(4, token=2**63), {}, 400, "does not fit datatype"),
     "FP32 data as strings": (
         "digits_mlp",
         json.dumps({"inputs": [{**GOOD["inputs"][0], "data": ["1e3"] * 64}]}).encode(),
@@ -194,6 +210,36 @@ def test_openapi_documents_infer(gateway: Gateway) -> None:
         "$ref": "#/components/schemas/InferenceRequest"
     }
     assert "RequestInput" in schema["components"]["schemas"]
+    embeddings = schema["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]
+    assert embeddings["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/EmbeddingsRequest"
+    }
+    load = schema["paths"]["/v2/repository/models/{model}/load"]["post"]["responses"]
+    assert "422" not in load and load["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
+    documented = [code for path in schema["paths"].values() for op in path.values()
+                  for code in op.get("responses", {})]  # fmt: skip
+    assert "422" not in documented, "a 422 {detail} is never answered"
+
+
+@pytest.mark.parametrize("token", [2**63, 2**64 - 1, -1, 30522])
+def test_token_ids_outside_the_vocabulary_are_precise_400s_everywhere(
+    gateway: Gateway, token: int
+) -> None:
+    base = gateway.base_url
+    openai = httpx.post(
+        f"{base}/v1/embeddings", json={"model": "minilm_embed", "input": [[101, token, 102]]}
+    )
+    assert openai.status_code == 400, openai.text
+    error = openai.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "input"
+    assert "has a token id outside the vocabulary 0..30521" in error["message"]
+    instances = [{"input_ids": [101, token], "attention_mask": [1, 1], "token_type_ids": [0, 0]}]
+    predict = httpx.post(f"{base}/v1/models/minilm_embed:predict", json={"instances": instances})
+    assert predict.status_code == 400, predict.text
+    assert "input 'input_ids'" in predict.json()["error"]
+    serves(gateway)
 
 
 def test_repository_control_outside_explicit_mode_changes_nothing(gateway: Gateway) -> None:
@@ -222,6 +268,16 @@ def test_explicit_mode_readiness_and_config_overrides(example_repo: Path, tmp_pa
         load = f"{base}/v2/repository/models/digits_mlp/load"
         bad = httpx.post(load, json={"parameters": {"config": '{"max_batch_size": "x"}'}})
         assert bad.status_code == 400 and "failed to load 'digits_mlp'" in bad.json()["error"]
+        for invalid, reason in (
+            ({"max_batch_size": -5}, "max_batch_size must be >= 0, not -5"),
+            (
+                {"max_batch_size": 2, "dynamic_batching": {"preferred_batch_size": [4]}},
+                "preferred_batch_size 4 is not in 1..max_batch_size (2)",
+            ),
+        ):
+            refused = httpx.post(load, json={"parameters": {"config": json.dumps(invalid)}})
+            assert refused.status_code == 400, refused.text
+            assert reason in refused.json()["error"]
         files = httpx.post(load, json={"parameters": {"file:1/model.onnx": "AAAA"}})
         assert files.status_code == 400 and "file overrides" in files.json()["error"]
         serves(server)  # neither changed the served model

@@ -170,7 +170,7 @@ def test_overload_is_shed_with_retry_after_and_accepted_requests_answer(
             else:
                 assert response.status_code == 503, response.text
                 assert int(response.headers["retry-after"]) >= 1
-                assert "predicted queue wait" in response.json()["error"]
+                assert "is overloaded: predicted stay" in response.json()["error"]
         return any(response.status_code == 503 for response in responses)
 
     try:

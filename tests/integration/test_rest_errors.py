@@ -237,6 +237,7 @@ def cancelled(base_url: str) -> float:
 
 def one_instance_one_row(config: model_config_pb2.ModelConfig) -> None:
     config.max_batch_size = 1
+    del config.dynamic_batching.preferred_batch_size[:]  # Triton refuses sizes over the max
     config.instance_group[0].count = 1
 
 

@@ -60,6 +60,7 @@ def arrivals(base_url: str) -> tuple[int, int]:
 
 def one_at_a_time(config: model_config_pb2.ModelConfig) -> None:
     config.max_batch_size = 1
+    del config.dynamic_batching.preferred_batch_size[:]  # Triton refuses sizes over the max
 
 
 def send_all(url: str, count: int, statuses: list[int]) -> list[threading.Thread]:

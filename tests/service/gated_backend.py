@@ -100,8 +100,11 @@ def gated_batcher(
 ) -> DynamicBatcher:
     """The real batcher over ``backend`` for :data:`GATED_CONFIG` (after ``edit``).
 
-    Call it from the running event loop (the batcher starts its task there).
+    Call it from the running event loop (the batcher starts its task there). It sheds by
+    predicted stay only when a test passes ``max_queue_wait_ms``: a gated backend measures no
+    throughput, so admission would otherwise bound its queue to a few batches.
     """
+    settings.setdefault("max_queue_wait_ms", 0)
     model = ModelVersion("gated", "1", gated_config(edit), backend)
     model.stats = ModelStats(model.name, model.version)
     model.scheduler = DynamicBatcher(model, model.stats, Settings(grpc_port=0, **settings))  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from tritonclient.grpc import model_config_pb2
 
+from service import parameters
 from service.backends.base import Backend
 from service.backends.onnxruntime.gpu_budget import LEDGER
 from service.backends.onnxruntime.placement import plan_sessions
@@ -138,12 +139,18 @@ class OnnxRuntimeBackend(Backend):
         describe(config, self.instances, self.placement)
 
     def warm_up(self, config: model_config_pb2.ModelConfig) -> None:
-        """Triton's model_warmup (default: one max-size batch on GPU) before the model is READY."""
+        """Triton's model_warmup (default: one max-size zero batch) before the model is READY;
+        its fastest run becomes the calibration admission predicts from. A warm-up the config
+        asked for that fails makes the load fail; the default one only logs why."""
         label = f"{self.model} version {self.version}"
+        asked = bool(config.model_warmup) or parameters.WARMUP.flag(config)
         try:
-            samples = warmup_samples(config, self.model_dir, self.placement.on_gpu)
-            seconds = run_warmup(self._slots, samples, label)
+            samples = warmup_samples(config, self.model_dir)
+            seconds, self.calibration = run_warmup(self._slots, samples, label)
         except Exception as exc:
+            if not asked:
+                log.warning("default warmup of %s failed (no first estimate): %s", label, exc)
+                return
             self._pool.shutdown(wait=False)
             LEDGER.release(self._reservation)
             raise ValueError(f"warmup failed: {exc}") from exc

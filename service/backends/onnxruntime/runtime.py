@@ -18,6 +18,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from service import parameters
+from service.backends.base import Calibration
 from service.backends.onnxruntime.io_binding import IoBindingRunner
 from service.backends.onnxruntime.placement import GPU_PROVIDERS, Placement
 from service.backends.onnxruntime.sessions import OpenedSession
@@ -74,21 +75,28 @@ def make_slots(
     return slots, binders
 
 
-def run_warmup(slots: list[Slot], samples: list[WarmupSample], label: str) -> float:
-    """Every sample ``count`` times on every instance; seconds taken (0.0 without samples)."""
+def run_warmup(
+    slots: list[Slot], samples: list[WarmupSample], label: str
+) -> tuple[float, Calibration | None]:
+    """Every sample ``count`` times on every instance: seconds taken in all, and the fastest run
+    of the last sample as the model's calibration (None without samples)."""
     if not samples:
-        return 0.0
+        return 0.0, None
     instances: dict[int, Slot] = {}
     for slot in slots:
         instances.setdefault(id(slot.instance), slot)
     started = time.perf_counter()
+    fastest = float("inf")
     for sample in samples:
         names = [o.name for o in next(iter(instances.values())).instance.session.get_outputs()]
         feeds = {name: _to_ort(array) for name, array in sample.inputs.items()}
         sample_start = time.perf_counter()
+        fastest = float("inf")
         for slot in instances.values():
             for _ in range(sample.count):
+                run_start = time.perf_counter()
                 slot.run(feeds, names)
+                fastest = min(fastest, time.perf_counter() - run_start)
         log.info(
             "warmup of %s: sample '%s' x%d on %d instance(s) took %.3f s",
             label,
@@ -97,7 +105,7 @@ def run_warmup(slots: list[Slot], samples: list[WarmupSample], label: str) -> fl
             len(instances),
             time.perf_counter() - sample_start,
         )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, Calibration(samples[-1].units, fastest)
 
 
 def _to_ort(array: Array) -> Array:

@@ -3,9 +3,12 @@
 First GPU batches pay for kernel selection, cuDNN autotuning and TensorRT engine builds; warming
 up moves that cost from the first client to the load. Samples come from ``config.pbtxt``
 (``zero_data``, ``random_data``, ``input_data_file`` under ``<model>/warmup/``, ``batch_size``,
-``count``), as in Triton. Without ``model_warmup``, GPU instances get one zero batch at
-``max_batch_size`` (variable dims take ``infergate.warmup_variable_dim``, default 1);
-``parameters { key: "infergate.warmup" value: { string_value: "false" } }`` turns that off.
+``count``), as in Triton. Without ``model_warmup``, every model gets one zero batch at
+``max_batch_size`` (variable dims take ``infergate.warmup_variable_dim``: default 1, and
+:data:`TOKEN_WARMUP_LENGTH` tokens for padded token inputs);
+``parameters { key: "infergate.warmup" value: { string_value: "false" } }`` turns that off. The
+fastest run of the last sample is the model's :class:`~service.backends.base.Calibration`: the
+throughput admission predicts from until real batches are measured.
 """
 
 from __future__ import annotations
@@ -20,12 +23,26 @@ from service import parameters
 from service.datatypes import CONFIG_TO_V2, V2_TO_NUMPY, deserialize_bytes
 from service.messages import Array, Tensors
 
+#: tokens per row of the default warm-up batch of a token model (a realistic text, so the batch
+#: also gives admission a fair first estimate; ``infergate.warmup_variable_dim`` overrides it)
+TOKEN_WARMUP_LENGTH = 32
+
 
 @dataclass(frozen=True, slots=True)
 class WarmupSample:
     name: str
     inputs: Tensors  # batch axis included when the model batches
     count: int
+    units: int = 1  # its work as admission counts it: rows, or rows x tokens (pad inputs)
+
+
+def _units(config: mc.ModelConfig, inputs: Tensors) -> int:
+    """Rows of a sample, times the tokens of its first padded input (a token model)."""
+    rows = next(iter(inputs.values())).shape[0] if config.max_batch_size > 0 and inputs else 1
+    for name in parameters.PAD_INPUTS.names(config):
+        if name in inputs:
+            return int(rows * int(np.prod(inputs[name].shape[1:], dtype=np.int64)))
+    return int(rows)
 
 
 def _dtype(data_type: int) -> tuple[str, np.dtype[np.generic]]:
@@ -86,25 +103,33 @@ def _sample(config: mc.ModelConfig, warmup: mc.ModelWarmup, model_dir: Path) -> 
         else:
             one = _zeros(datatype, dtype, shape)
         inputs[name] = np.stack([one] * batch) if config.max_batch_size > 0 else one
-    return WarmupSample(warmup.name or "warmup", inputs, max(1, warmup.count))
+    return WarmupSample(
+        warmup.name or "warmup", inputs, max(1, warmup.count), _units(config, inputs)
+    )
 
 
 def _default_sample(config: mc.ModelConfig) -> WarmupSample:
     variable = parameters.WARMUP_VARIABLE_DIM.integer(config, minimum=1)
+    padded = set(parameters.PAD_INPUTS.names(config))
+    tokens = variable if parameters.WARMUP_VARIABLE_DIM.raw(config) else TOKEN_WARMUP_LENGTH
+    limit = parameters.MAX_SEQUENCE_LENGTH.integer(config)
+    tokens = min(tokens, limit) if limit else tokens
     batch = (config.max_batch_size,) if config.max_batch_size > 0 else ()
     inputs: Tensors = {}
     for tensor in config.input:
         datatype, dtype = _dtype(tensor.data_type)
-        dims = tuple(int(d) if d >= 0 else variable for d in tensor.dims)
+        size = tokens if tensor.name in padded else variable
+        dims = tuple(int(d) if d >= 0 else size for d in tensor.dims)
         inputs[tensor.name] = _zeros(datatype, dtype, batch + dims)
-    return WarmupSample(f"default batch {config.max_batch_size or 1}", inputs, 1)
+    name = f"default batch {config.max_batch_size or 1}"
+    return WarmupSample(name, inputs, 1, _units(config, inputs))
 
 
-def warmup_samples(config: mc.ModelConfig, model_dir: Path, on_gpu: bool) -> list[WarmupSample]:
-    """The config's warmup samples; by default one max-size batch on GPU, none on CPU."""
+def warmup_samples(config: mc.ModelConfig, model_dir: Path) -> list[WarmupSample]:
+    """The config's warmup samples; by default one zero batch at ``max_batch_size``, on every
+    device (it also gives admission its first estimate); none with ``infergate.warmup: false``."""
     if config.model_warmup:
         return [_sample(config, warmup, model_dir) for warmup in config.model_warmup]
-    asked = parameters.WARMUP.raw(config)
-    if not (parameters.WARMUP.flag(config) if asked else on_gpu):
+    if parameters.WARMUP.raw(config) and not parameters.WARMUP.flag(config):
         return []
     return [_default_sample(config)]

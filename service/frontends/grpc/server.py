@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +23,11 @@ from service.errors import as_inference_error
 from service.frontends.grpc.auth import interceptors
 from service.frontends.grpc.codec import decode_request, encode_response, parameters_to_dict
 from service.frontends.tls import grpc_credentials
+from service.protocol.tensors import binary_work
 
 if TYPE_CHECKING:
     from service.dataplane.plane import DataPlane
+    from service.models.version import ModelVersion
     from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -149,8 +152,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 task.cancel()
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        arrival = time.monotonic_ns()
         model = self._dataplane.model(request.model_name, request.model_version)
+        _refuse_before_decoding(model, request, arrival)
         decoded = decode_request(request, self._max_elements, model)
+        decoded.arrival_ns = arrival
         response = await self._dataplane.infer(decoded, model)
         message = encode_response(response)
         if decoded.parameters.get(_EMPTY_FINAL) is True:
@@ -191,6 +197,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def LogSettings(self, request: Any, context: Any) -> Any:
         await _unimplemented(context, "log settings")
+
+
+def _refuse_before_decoding(
+    model: ModelVersion, request: pb.ModelInferRequest, arrival: int
+) -> None:
+    """As REST before reading the body: grpc.aio hands over the parsed message, so this comes
+    right before its tensors are decoded (the raw tensor bytes tell its size)."""
+    rows = tokens = 0
+    if request.raw_input_contents:
+        rows, tokens = binary_work(model, sum(len(raw) for raw in request.raw_input_contents))
+    scheduler = model.scheduler
+    refused = scheduler.refusal(rows, scheduler.units(rows, tokens), arrival_ns=arrival)
+    if refused is not None:
+        raise refused
 
 
 def _target(request: Any) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING
 
@@ -34,9 +35,11 @@ from service.frontends.rest import openai, routes, schema
 from service.frontends.rest.auth import App, protect
 from service.frontends.rest.codec import decode_request, decompress, encode_response
 from service.host import release_memory
+from service.protocol.tensors import binary_work
 
 if TYPE_CHECKING:
     from service.dataplane.plane import DataPlane
+    from service.models.version import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +123,43 @@ class InferEndpoint:
             if target is not None:
                 await self._infer(scope, receive, send, *target)
                 return
-        await self.fallback(scope, receive, send)
+        await self._fallback(scope, receive, send)
+
+    async def _fallback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI for the other routes. Its error handlers answer every failure; Starlette
+        then re-raises an unexpected one "for the server to log", and uvicorn would close the
+        connection under the answer. It stops here: logged once, the connection kept."""
+        answered = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.fallback(scope, receive, tracked)
+        except Exception as exc:
+            if answered or scope["type"] != "http":
+                return
+            error = as_http_error(exc)
+            status, headers, body = error_response(error)
+            if openai.is_openai_path(str(scope["path"])):
+                body = openai.error_body(error)
+            await _send(send, status, headers, body)
 
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str
     ) -> None:
+        arrival = time.monotonic_ns()
         headers: dict[bytes, bytes] = dict(scope["headers"])  # type: ignore[call-overload]
         body = b""
         try:
+            servable = self.dataplane.model(model, version)
+            _refuse_before_reading(servable, headers, arrival)
             body = await self._read_body(headers, receive)
             encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
             if encoding:  # inflating runs without the GIL: off the event loop
                 body = await asyncio.to_thread(decompress, body, encoding, self.max_body)
-            servable = self.dataplane.model(model, version)
             decode = functools.partial(
                 decode_request,
                 body,
@@ -145,10 +172,12 @@ class InferEndpoint:
             large = len(body) > OFF_LOOP_BYTES
             request, output_encoding = await asyncio.to_thread(decode) if large else decode()
             request.client_gone = _disconnect_probe(receive)
+            request.arrival_ns = arrival
             response = await self.dataplane.infer(request, servable)
             payload, binary_header = encode_response(response, output_encoding)
         except Exception as exc:  # every failure answers in the v2 shape, never a bare 500
-            await _send(send, *error_response(as_http_error(exc)))
+            status, error_headers, error_body = error_response(as_http_error(exc))
+            await _send(send, status, [*error_headers, *_unread_body(receive)], error_body)
         else:
             if binary_header is None:
                 await _send(send, 200, _JSON, payload)
@@ -182,6 +211,32 @@ class InferEndpoint:
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _refuse_before_reading(model: ModelVersion, headers: dict[bytes, bytes], arrival: int) -> None:
+    """503 + Retry-After before the body is read when the work already queued for the model
+    (and this request's own, as far as its binary tensor bytes tell) would keep it past its
+    budget: an overloaded server refuses at the cost of reading headers."""
+    declared = headers.get(b"content-length", b"")
+    header = headers.get(b"inference-header-content-length", b"")
+    rows = tokens = 0
+    if declared.isdigit() and header.isdigit() and int(declared) > int(header):
+        rows, tokens = binary_work(model, int(declared) - int(header))
+    scheduler = model.scheduler
+    refused = scheduler.refusal(rows, scheduler.units(rows, tokens), arrival_ns=arrival)
+    if refused is not None:
+        raise refused
+
+
+def _unread_body(receive: Receive) -> Headers:
+    """Headers for an answer sent before the body was all read. uvicorn reads and discards the
+    rest, so the connection stays usable; but a client that sent ``Expect: 100-continue`` may
+    never send its body, so that connection is closed cleanly instead."""
+    cycle = getattr(receive, "__self__", None)
+    unread = cycle is not None and getattr(cycle, "more_body", False)
+    if unread and getattr(cycle, "waiting_for_100_continue", False):
+        return [(b"connection", b"close")]
+    return []
 
 
 def _header_length(headers: dict[bytes, bytes]) -> int | None:

@@ -3,7 +3,10 @@
 uvicorn times out idle keep-alive connections but not a request whose headers or body never
 finish arriving: 2,000 such connections held 2,026 file descriptors for good. Here each request
 must be read completely within ``read_timeout_s`` of its first byte (or of the connection, for
-the first request); otherwise it is answered 408 in the v2 shape and the connection closes.
+the first request); otherwise it is answered 408 in the v2 shape and the connection closes. A
+request the app answered before reading its body (a refusal) keeps its connection: the rest of
+the body is discarded as it comes, and if it never comes the connection closes without a second
+answer.
 """
 
 from __future__ import annotations
@@ -42,52 +45,85 @@ class ConnectionTally:
         return sum(self._slots)
 
 
+class ReadTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the read timeout; :func:`with_read_timeout` makes the
+    subclass that carries the settings."""
+
+    read_timeout_s: float = 10.0
+    timeout_answer: bytes = b""
+    on_connections: Callable[[], None] | None = None  # after a connection opens or closes
+    _read_timer: asyncio.TimerHandle | None = None
+    _headers_read = False  # the current request's headers are in (its body may not be)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+        self._published()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._headers_read = False
+        self._unset_keepalive_if_required()  # a request again: not idle (see below)
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._headers_read = True
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and not self.pipeline:
+            # Answered before its body was read (a refusal): uvicorn discarded the rest of the
+            # body, and its keep-alive timer went with the first chunk of it. The connection is
+            # idle again: time it out like any idle one.
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+        self._published()
+
+    def _published(self) -> None:
+        if self.on_connections is not None:
+            self.on_connections()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._read_timer = self.loop.call_later(self.read_timeout_s, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle  # the previous request's, while the next one's headers arrive
+        answered_early = self._headers_read and cycle is not None and cycle.response_complete
+        if not answered_early and (
+            cycle is None or cycle.response_complete or not cycle.response_started
+        ):
+            self.transport.write(self.timeout_answer)
+        # An app still reading the body sees a disconnect; a request answered before its body
+        # came (and the body never did) gets no second answer.
+        self.transport.close()
+
+
 def with_read_timeout(
     read_timeout_s: float, on_connections: Callable[[], None] | None = None
 ) -> type[HttpToolsProtocol]:
     """The protocol class uvicorn should use (``uvicorn.Config(http=...)``); ``on_connections``
     runs after each connection opens or closes (to publish the count to a ConnectionTally)."""
-    timeout_answer = _timeout_response(read_timeout_s)
-
-    class ReadTimeoutProtocol(HttpToolsProtocol):
-        _read_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-            if on_connections is not None:
-                on_connections()
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._arm()
-
-        def on_message_complete(self) -> None:
-            super().on_message_complete()
-            self._disarm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-            if on_connections is not None:
-                on_connections()
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._read_timer = self.loop.call_later(read_timeout_s, self._timed_out)
-
-        def _disarm(self) -> None:
-            if self._read_timer is not None:
-                self._read_timer.cancel()
-                self._read_timer = None
-
-        def _timed_out(self) -> None:
-            self._read_timer = None
-            if self.transport.is_closing():
-                return
-            cycle = self.cycle  # the previous request's, while the next one's headers arrive
-            if cycle is None or cycle.response_complete or not cycle.response_started:
-                self.transport.write(timeout_answer)
-            self.transport.close()  # an app still reading the body sees a disconnect
-
-    return ReadTimeoutProtocol
+    settings = {
+        "read_timeout_s": read_timeout_s,
+        "timeout_answer": _timeout_response(read_timeout_s),
+        "on_connections": staticmethod(on_connections) if on_connections else None,
+    }
+    return type("ConfiguredReadTimeoutProtocol", (ReadTimeoutProtocol,), settings)

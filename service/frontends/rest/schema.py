@@ -8,11 +8,14 @@ the same header followed by the raw tensors (``Inference-Header-Content-Length``
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
 from service.datatypes import V2_DATATYPES
+from service.frontends.rest.openai import is_openai_path
 from service.messages import JsonObject
 
 Datatype = str  # one of V2_DATATYPES (an enum in the schema)
@@ -67,6 +70,34 @@ class ErrorResponse(BaseModel):
     error: str
 
 
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """The error shape under ``/v1`` (OpenAI's), but for TF-serving's ``:predict``."""
+
+    error: OpenAIErrorDetail
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's ``POST /v1/embeddings`` body (``truncate`` is TEI's option)."""
+
+    model: str = Field(description="'name' (the default version) or 'name/version'")
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="a text, texts, one token array or token arrays of the model's vocabulary"
+    )
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    truncate: bool | None = Field(
+        default=None, description="cut inputs longer than the model takes (default true)"
+    )
+
+
 def _infer_operation(versioned: bool) -> JsonObject:
     parameters: list[JsonObject] = [
         {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -108,6 +139,18 @@ def _ref(name: str) -> JsonObject:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _errors_as_served(paths: dict[str, dict[str, JsonObject]]) -> None:
+    """FastAPI documents a 422 ``{"detail"}`` for routes with parameters; this server answers
+    a bad request with 400 ``{"error"}`` (OpenAI's shape under /v1)."""
+    for path, operations in paths.items():
+        shape = "OpenAIErrorResponse" if is_openai_path(path) else "ErrorResponse"
+        error = {"content": {"application/json": {"schema": _ref(shape)}}}
+        for operation in operations.values():
+            responses = operation.get("responses")
+            if isinstance(responses, dict) and responses.pop("422", None) is not None:
+                responses.setdefault("400", {"description": "bad request", **error})
+
+
 def install(api: FastAPI) -> None:
     """Make ``api.openapi()`` include the infer operations and their schemas."""
 
@@ -118,8 +161,18 @@ def install(api: FastAPI) -> None:
         paths = schema.setdefault("paths", {})
         paths["/v2/models/{model_name}/infer"] = _infer_operation(versioned=False)
         paths["/v2/models/{model_name}/versions/{model_version}/infer"] = _infer_operation(True)
+        embeddings = paths.get("/v1/embeddings", {}).get("post")
+        if embeddings is not None:
+            embeddings["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("EmbeddingsRequest")}},
+            }
+        _errors_as_served(paths)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (InferenceRequest, InferenceResponse, ErrorResponse):
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        models = (InferenceRequest, InferenceResponse, ErrorResponse, OpenAIErrorResponse)
+        for model in (*models, EmbeddingsRequest):
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(definition.pop("$defs", {}))
             components[model.__name__] = definition

@@ -37,6 +37,10 @@ def decode_predict(model: ModelVersion, body: JsonObject) -> InferRequest:
     for spec in specs:
         try:
             array = np.asarray(columns[spec.name], dtype=spec.dtype)
+        except OverflowError:
+            raise BadRequest(
+                f"input '{spec.name}': a value does not fit datatype {spec.datatype}"
+            ) from None
         except (ValueError, TypeError) as exc:
             raise BadRequest(f"input '{spec.name}': {exc}") from exc
         inputs[spec.name] = array if model.batches else array[0]

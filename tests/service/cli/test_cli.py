@@ -80,6 +80,14 @@ def test_existing_flags_keep_their_meaning() -> None:
     assert parse("--startup-models", "a").startup_models == ["a"]
 
 
+def test_api_keys_is_the_promised_spelling_of_the_key_file_flag(tmp_path) -> None:
+    keys = tmp_path / "keys.json"
+    assert parse("--api-keys", str(keys)).api_keys_file == keys
+    assert parse("--api-keys-file", str(keys)).api_keys_file == keys
+    options = {param.name: param for param in serve_command().params}
+    assert {"--api-keys", "--api-keys-file"} <= set(options["api_keys_file"].opts)
+
+
 def test_help_shows_defaults_choices_env_vars_and_sections() -> None:
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

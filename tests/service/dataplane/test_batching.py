@@ -155,6 +155,8 @@ async def test_queue_timeout_from_config_policy(example_repo, tmp_path):
         policy = config.dynamic_batching.default_queue_policy
         policy.default_timeout_microseconds = 1
         policy.allow_timeout_override = False
+        # no warm-up figure, so admission does not refuse at once what would time out
+        config.parameters["infergate.warmup"].string_value = "false"
 
     repo = copy_model(example_repo, "digits_mlp", tmp_path, tight_policy)
     dataplane = await started(repo)
@@ -176,6 +178,7 @@ async def test_priority_levels_serve_the_higher_priority_first(example_repo, tmp
     def two_levels(config: model_config_pb2.ModelConfig) -> None:
         config.instance_group[0].count = 1
         config.max_batch_size = 1
+        del config.dynamic_batching.preferred_batch_size[:]  # Triton refuses sizes over 1
         config.dynamic_batching.priority_levels = 2
         config.dynamic_batching.default_priority_level = 2
 
@@ -205,6 +208,9 @@ async def test_priority_levels_serve_the_higher_priority_first(example_repo, tmp
 
 async def test_one_bad_request_fails_alone_and_its_batch_mates_succeed(example_repo, tmp_path):
     repo = copy_model(example_repo, "minilm_embed", tmp_path)
+    # without its tokenizer the gateway does not know the vocabulary: the model itself fails
+    for tokenizer in (repo / "minilm_embed").rglob("tokenizer.json"):
+        tokenizer.unlink()
     dataplane = await started(repo)
     try:
         requests = [embed_request(8, seed) for seed in range(6)]

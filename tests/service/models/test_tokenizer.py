@@ -4,6 +4,7 @@ per-text caching and the loading rules (real tokenizers, real ONNX Runtime sessi
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from tritonclient.grpc import model_config_pb2
 
 from service.dataplane.plane import DataPlane
 from service.errors import BadRequest
-from service.messages import InferRequest
+from service.messages import InferRequest, ItemsRequest
 from service.models.sources import parse_config
 from service.models.tokenizer import TextTokenizer, TokenizerOptions
+from service.observability.metrics import REJECTED
 from service.settings import Settings
 from tests.service.dataplane.test_batching import copy_model
 
@@ -291,5 +293,24 @@ async def test_a_broken_tokenizer_makes_the_model_unavailable(
         states = {row.name: (row.state, row.reason) for row in rows}
         state, reason = states[MODEL]
         assert state == "UNAVAILABLE" and "is not a Hugging Face tokenizer" in reason
+    finally:
+        await dataplane.close()
+
+
+async def test_a_text_request_is_admitted_as_a_whole(example_repo, tmp_path) -> None:
+    """Admitted item by item, the items of one request would queue behind each other and shed
+    themselves on a budget shorter than their own batches; admitted whole, an idle model takes
+    the request, and one refusal counts once."""
+    shutil.copytree(example_repo / MODEL, tmp_path / MODEL)
+    dataplane = await started(tmp_path, max_queue_wait_ms=1, cache_enabled=False)
+    try:
+        before = REJECTED.labels(MODEL, "predicted_wait")._value.get()
+        texts = [f"text number {i}" for i in range(64)]  # two batches of 32
+        response = await dataplane.infer(text_request(texts))
+        assert response.outputs["sentence_embedding"].shape == (64, 384)
+        items = ItemsRequest(MODEL, "1", texts)
+        assert (await dataplane.infer_items(items)).outputs["sentence_embedding"].shape[0] == 64
+        assert REJECTED.labels(MODEL, "predicted_wait")._value.get() == before
+        assert stats(dataplane)["inference_stats"]["success"]["count"] == 2
     finally:
         await dataplane.close()

@@ -292,6 +292,7 @@ async def test_a_reload_with_a_new_config_reaches_every_worker(
         config = a.model_config(MODEL)
         for size in (8, 4):  # two reloads: each version object is new to the workers
             config.max_batch_size = size
+            del config.dynamic_batching.preferred_batch_size[:]  # none over the max
             await a.load_model(MODEL, {"config": json_format.MessageToJson(config)})
             assert [p.model_config(MODEL).max_batch_size for p in (a, b)] == [size, size]
             assert (await b.infer(_request(0.5))).outputs["probabilities"].shape == (1, 10)

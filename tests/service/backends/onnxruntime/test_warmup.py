@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from service.backends.onnxruntime.warmup import warmup_samples
+from service.backends.onnxruntime.warmup import TOKEN_WARMUP_LENGTH, warmup_samples
 from service.dataplane.plane import DataPlane
 from service.settings import Settings
 from tests.helpers import start_gateway, wait_until
@@ -35,23 +35,32 @@ def config(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-def test_default_warmup_is_one_max_size_batch_on_gpu_only(tmp_path) -> None:
-    assert warmup_samples(config(EMBED), tmp_path, on_gpu=False) == []
-    (sample,) = warmup_samples(config(EMBED), tmp_path, on_gpu=True)
+def test_default_warmup_is_one_max_size_batch_on_every_device(tmp_path) -> None:
+    (sample,) = warmup_samples(config(EMBED), tmp_path)
     assert {name: a.shape for name, a in sample.inputs.items()} == {
         "input_ids": (16, 1),
         "mask": (16, 1),
     }
-    assert sample.count == 1 and not sample.inputs["mask"].any()
+    assert sample.count == 1 and not sample.inputs["mask"].any() and sample.units == 16
     longer = (
         EMBED + 'parameters { key: "infergate.warmup_variable_dim" value: { string_value: "128" } }'
     )
-    assert warmup_samples(config(longer), tmp_path, on_gpu=True)[0].inputs["mask"].shape == (
-        16,
-        128,
-    )
+    assert warmup_samples(config(longer), tmp_path)[0].inputs["mask"].shape == (16, 128)
     off = EMBED + 'parameters { key: "infergate.warmup" value: { string_value: "false" } }'
-    assert warmup_samples(config(off), tmp_path, on_gpu=True) == []
+    assert warmup_samples(config(off), tmp_path) == []
+
+
+def test_a_token_model_warms_up_on_realistic_sequences_counted_in_tokens(tmp_path) -> None:
+    pad = 'parameters { key: "infergate.pad_inputs" value: { string_value: "input_ids" } }'
+    padded = EMBED + pad
+    (sample,) = warmup_samples(config(padded), tmp_path)
+    assert sample.inputs["input_ids"].shape == (16, TOKEN_WARMUP_LENGTH)
+    assert sample.inputs["mask"].shape == (16, 1), "only padded inputs take the token length"
+    assert sample.units == 16 * TOKEN_WARMUP_LENGTH
+    short = padded + (
+        'parameters { key: "infergate.max_sequence_length" value: { string_value: "8" } }'
+    )
+    assert warmup_samples(config(short), tmp_path)[0].units == 16 * 8
 
 
 def test_config_samples_zero_random_and_file(tmp_path) -> None:
@@ -68,13 +77,13 @@ def test_config_samples_zero_random_and_file(tmp_path) -> None:
     }
     """
     )
-    (sample,) = warmup_samples(config(text), tmp_path, on_gpu=False)
+    (sample,) = warmup_samples(config(text), tmp_path)
     assert sample.name == "mixed" and sample.count == 2
     assert sample.inputs["input_ids"].tolist() == [[0, 1, 2]] * 4
     assert sample.inputs["mask"].shape == (4, 3) and sample.inputs["mask"].dtype == np.int64
     bad = text.replace("dims: [3] input_data_file", "dims: [5] input_data_file")
     with pytest.raises(ValueError, match=r"ids.bin holds 24 bytes, \(5,\) of INT64 needs 40"):
-        warmup_samples(config(bad), tmp_path, on_gpu=False)
+        warmup_samples(config(bad), tmp_path)
 
 
 def warm_model(example_repo: Path, repo: Path, name: str, data_file: str) -> Path:
