@@ -31,10 +31,17 @@ class Backend(ABC):
     concurrency: int = 1
     #: the timed warm-up batch (set by ``warm_up``); None when none ran
     calibration: Calibration | None = None
+    #: :meth:`run` may be called on the event loop's own thread (a local session)
+    runs_inline: bool = False
 
     @abstractmethod
     async def execute(self, inputs: Tensors, output_names: list[str]) -> Tensors:
         """Run one batch and return the requested outputs by name."""
+
+    def run(self, inputs: Tensors, output_names: list[str]) -> Tensors:
+        """One batch on the caller's thread, blocking (only where ``runs_inline``): for batches
+        so short that handing them to a thread would cost more than running them."""
+        raise NotImplementedError
 
     def warm_up(self, config: model_config_pb2.ModelConfig) -> None:  # noqa: B027 - optional
         """Run the config's model_warmup before the model is READY (blocking: a load thread)."""

@@ -4,9 +4,9 @@ into each request's rows."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -16,12 +16,23 @@ from service.messages import Array, Tensors
 Outputs = Tensors
 
 
+class Sink(Protocol):
+    """Where a request's answer goes: the asyncio future its caller awaits in-process, or the
+    executor's answer to a front-end worker (``service.processes.requests``)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Outputs, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 @dataclass(slots=True)
 class Pending:
     inputs: Tensors
     rows: int
     signature: tuple[object, ...]
-    future: asyncio.Future[Outputs]
+    future: Sink
     enqueued_ns: int
     deadline_ns: int  # 0 = no deadline
     client_gone: Callable[[], bool] | None = None

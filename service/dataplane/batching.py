@@ -18,14 +18,18 @@ import logging
 import time
 from collections import deque
 
-from service.dataplane.batches import Outputs, Pending, merge, split
-from service.dataplane.shedding import QueuePolicy, Shedder
+from service.dataplane.batches import Outputs, Pending, Sink, merge, split
+from service.dataplane.shedding import Figures, QueuePolicy, Shedder
 from service.errors import BadRequest, InferenceError, Internal, Overloaded, Timeout, Unavailable
 from service.models.version import ModelVersion, Submission
 from service.observability.statistics import ModelStats
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: a batch expected to take less than this runs on the event loop's thread: handing it to a
+#: thread costs more (a queue, a wake-up, the GIL changing hands twice) than running it
+INLINE_BELOW_S = 0.001
 
 
 class DynamicBatcher:
@@ -67,6 +71,8 @@ class DynamicBatcher:
         )
         self.wait = self.shedder.wait
         calibration = model.backend.calibration
+        #: seconds a batch takes (average), what decides whether it runs inline
+        self.batch_s = calibration.seconds if calibration is not None else 1.0
         if calibration is not None:  # the warm-up batch: an estimate from the first request on
             self.wait.seed(calibration.units, calibration.seconds)
         self.closed = False
@@ -83,6 +89,12 @@ class DynamicBatcher:
         Unless the request was ``admitted`` as a whole already (:meth:`admit`), it is refused
         here when its predicted stay exceeds its budget. Its ``key`` matters only to a remote
         scheduler: in-process, the response cache already coalesced identical requests."""
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        self.enqueue(submission, future)
+        return future
+
+    def enqueue(self, submission: Submission, sink: Sink) -> None:
+        """:meth:`submit` with the answer going to ``sink`` (the executor's to a worker)."""
         if self.closed:
             raise Unavailable(
                 f"model '{self.model.name}' version {self.model.version} is unloading"
@@ -107,14 +119,13 @@ class DynamicBatcher:
             if refused is not None:
                 raise refused
         now = time.perf_counter_ns()
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         timeout = policy.timeout(submission.timeout_us)
         deadline = now + timeout * 1000 if timeout else 0
         pending = Pending(
             submission.inputs,
             rows,
             submission.signature,
-            future,
+            sink,
             now,
             deadline,
             submission.client_gone,
@@ -127,7 +138,6 @@ class DynamicBatcher:
         self.stats.metrics.queue_depth.set(self.queued)
         if not self._wakeup.is_set():
             self._wakeup.set()
-        return future
 
     def units(self, rows: int, tokens: int) -> int:
         """The work of ``rows`` rows of ``tokens`` tokens, as the estimator counts it."""
@@ -157,6 +167,10 @@ class DynamicBatcher:
         refused = self.refusal(rows, units, priority, timeout_us, arrival_ns)
         if refused is not None:
             raise refused
+
+    def figures(self) -> Figures:
+        """This queue's state for a front-end worker, which refuses by it before reading."""
+        return self.shedder.figures((self.queued_rows + self.running_rows, self._units_ahead()))
 
     def _units_ahead(self) -> int:
         if self.token_units:
@@ -346,8 +360,13 @@ class DynamicBatcher:
         mark = self.wait.started()
         inputs = merge(batch, self.model.pad_inputs, self.model.pad_values)
         merged = time.perf_counter_ns()
-        outputs = await model.backend.execute(inputs, model.output_names)
+        backend = model.backend
+        if backend.runs_inline and self.batch_s < INLINE_BELOW_S:
+            outputs = backend.run(inputs, model.output_names)
+        else:
+            outputs = await backend.execute(inputs, model.output_names)
         executed = time.perf_counter_ns()
+        self.batch_s += 0.2 * ((executed - merged) / 1e9 - self.batch_s)
         split(batch, outputs)
         finished = time.perf_counter_ns()
         rows = sum(p.rows for p in batch) if model.batches else 1

@@ -26,6 +26,12 @@ from tritonclient.grpc import model_config_pb2
 from service.errors import Overloaded
 from service.settings import Settings
 
+#: a queue's state as another process last heard it: (time.monotonic_ns() when read, rows and
+#: units queued or running, units per second of all its slots, or None while unmeasured)
+Figures = tuple[int, int, int, float | None]
+#: figures older than this are not acted on (the queue may have drained since)
+FIGURES_FRESH_NS = 50_000_000
+
 PREDICTED_WAIT = Gauge(
     "infergate_predicted_wait_seconds",
     "Predicted queue wait of a request arriving now (work ahead / measured throughput)",
@@ -123,6 +129,12 @@ class QueuePolicy:
         return asked_us if (asked_us and self.allow_override) else self.timeout_us
 
 
+def budget_us(policy: QueuePolicy, timeout_us: int, max_wait_us: int) -> int:
+    """A request's budget: its own timeout, else its queue policy's, else the settings'
+    ``max_queue_wait_ms`` (0 = never shed)."""
+    return timeout_us or policy.timeout(timeout_us) or max_wait_us
+
+
 class Shedder:
     """Admission by predicted stay for one model version's queue.
 
@@ -137,9 +149,7 @@ class Shedder:
         self.max_wait_us = int(settings.max_queue_wait_ms * 1000)
 
     def budget_us(self, policy: QueuePolicy, timeout_us: int) -> int:
-        """A request's budget: its own timeout, else its queue policy's, else the settings'
-        ``max_queue_wait_ms`` (0 = never shed)."""
-        return timeout_us or policy.timeout(timeout_us) or self.max_wait_us
+        return budget_us(policy, timeout_us, self.max_wait_us)
 
     def refusal(
         self, ahead: tuple[int, int], own: tuple[int, int], budget_us: int, arrival_ns: int
@@ -166,3 +176,27 @@ class Shedder:
         if stay <= budget_s:
             return None
         return "predicted_wait", over_budget(self.model, stay, budget_s)
+
+    def figures(self, ahead: tuple[int, int]) -> Figures:
+        """This queue's state, for a process that refuses on its behalf (a worker's front end
+        before it reads a body)."""
+        rate = self.wait.units_per_s
+        return time.monotonic_ns(), ahead[0], ahead[1], rate * self.wait.slots if rate else None
+
+
+def refusal_from_figures(
+    model: str, figures: Figures | None, own_units: int, budget_us: int, arrival_ns: int
+) -> Overloaded | None:
+    """The refusal a worker can decide alone, from the executor's fresh figures: the same rule
+    as :meth:`Shedder.refusal` for a measured queue; nothing when the figures are old or the
+    queue was idle or unmeasured (the executor decides those when the request reaches it)."""
+    if figures is None or budget_us <= 0:
+        return None
+    read_ns, rows, units, rate = figures
+    now = time.monotonic_ns()
+    if not rows or rate is None or now - read_ns > FIGURES_FRESH_NS:
+        return None
+    spent_s = (now - arrival_ns) / 1e9 if arrival_ns else 0.0
+    stay = spent_s + (units + own_units) / rate
+    budget_s = budget_us / 1e6
+    return over_budget(model, stay, budget_s) if stay > budget_s else None

@@ -18,24 +18,19 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
-from service.cache import codec
-from service.cache.response_cache import SharedOutputs
 from service.cache.stores import LocalStore
-from service.dataplane.batches import Outputs
 from service.dataplane.batching import DynamicBatcher
-from service.errors import Unavailable
 from service.host import tune_gc
 from service.messages import JsonObject
 from service.models.repository import ModelRepository
 from service.models.sources import make_source
-from service.models.version import ModelVersion, Submission
+from service.models.version import ModelVersion
 from service.observability.metrics import (
     ModelCounters,
     merge_counters,
@@ -44,7 +39,8 @@ from service.observability.metrics import (
 )
 from service.observability.statistics import merge_statistics
 from service.processes.ipc import Channel, listen
-from service.processes.wire import EntryInfo, Snapshot, SubmitCall, VersionInfo
+from service.processes.requests import Desk
+from service.processes.wire import EntryInfo, Snapshot, VersionInfo
 from service.security.policy import Principal
 from service.security.ratelimit import RateLimiter
 from service.settings import Settings
@@ -55,12 +51,6 @@ log = logging.getLogger("infergate.executor")
 SNAPSHOT_INTERVAL_S = 0.25
 #: a worker that does not answer a statistics fan-out within this is left out of the sums
 FAN_OUT_TIMEOUT_S = 5.0
-
-
-@dataclass(slots=True)
-class _Flight:
-    future: asyncio.Future[Outputs]
-    watchers: list[tuple[Channel, int]]
 
 
 class Executor:
@@ -77,8 +67,7 @@ class Executor:
         if not settings.redis_url and settings.cache_local_bytes > 0:
             self.results = LocalStore(settings.cache_local_bytes)
         self.channels: set[Channel] = set()
-        self._cancelled: dict[Channel, set[int]] = {}
-        self._flights: dict[str, _Flight] = {}
+        self.desk = Desk(self.repository, settings, self.results)
         self._generation = time.monotonic_ns()
         self._sent: tuple[object, ...] = ()
         self._started = False
@@ -132,23 +121,19 @@ class Executor:
 
     def _connected(self, channel: Channel) -> None:
         self.channels.add(channel)
-        self._cancelled[channel] = set()
+        self.desk.connected(channel)
 
     def _lost(self, channel: Channel) -> None:
         self.channels.discard(channel)
-        self._cancelled.pop(channel, None)
+        self.desk.lost(channel)
 
     # -- calls from workers ---------------------------------------------------------------
     def _handle(self, kind: str, payload: object, channel: Channel, call_id: int) -> object:
-        if kind == "submit":
-            return self._submit(
-                SubmitCall._make(cast("tuple[object, ...]", payload)), channel, call_id
-            )
+        if kind == "requests":
+            self.desk.requests(channel, cast("list[tuple[object, ...]]", payload))
+            return None
         if kind == "cancel":
-            assert isinstance(payload, int)
-            cancelled = self._cancelled.get(channel)
-            if cancelled is not None:
-                cancelled.add(payload)
+            self.desk.cancel(channel, cast("list[int]", payload))
             return None
         if kind == "admit":
             name, version, *figures = cast("tuple[object, ...]", payload)
@@ -174,60 +159,6 @@ class Executor:
             principal, rows = cast("tuple[Principal, int]", payload)
             return self.limiter.take_local(principal, rows)
         raise ValueError(f"unknown call {kind!r}")
-
-    def _submit(self, call: SubmitCall, channel: Channel, call_id: int) -> asyncio.Future[Outputs]:
-        model = self.repository.get(call.model, call.version)
-        watcher = (channel, call_id)
-        if call.key is not None:
-            flight = self._flights.get(call.key)
-            if flight is not None and not flight.future.done():
-                flight.watchers.append(watcher)
-                return _shared(flight.future)
-        watchers = [watcher]
-        submission = Submission(
-            call.inputs,
-            call.rows,
-            call.signature,
-            call.priority,
-            call.timeout_us,
-            lambda: all(self._gone(one) for one in watchers),
-            call.tokens,
-            arrival_ns=call.arrival_ns,
-            admitted=call.admitted,
-        )
-        future = model.scheduler.submit(submission)
-        if call.key is not None:
-            key, flight = call.key, _Flight(future, watchers)
-            self._flights[key] = flight
-            future.add_done_callback(lambda _: self._land(key, flight))
-        else:
-            future.add_done_callback(lambda _: self._forget(watcher))
-        return future
-
-    def _gone(self, watcher: tuple[Channel, int]) -> bool:
-        """Whether the client behind a call hung up or its worker cancelled it (the worker said
-        so, or the worker died)."""
-        channel, call_id = watcher
-        cancelled = self._cancelled.get(channel)
-        return cancelled is None or call_id in cancelled
-
-    def _forget(self, watcher: tuple[Channel, int]) -> None:
-        self._cancelled.get(watcher[0], set()).discard(watcher[1])
-
-    def _land(self, key: str, flight: _Flight) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        for watcher in flight.watchers:
-            self._forget(watcher)
-        future = flight.future
-        if self.results is None or future.cancelled() or future.exception() is not None:
-            return
-        try:
-            value = codec.encode(future.result())
-        except codec.Unencodable:
-            return
-        if len(value) <= self.settings.cache_max_entry_bytes:
-            self.results.set_now(key, value, self.settings.cache_ttl_s)
 
     async def _load(self, name: str, override: str | None) -> int:
         config = None
@@ -365,22 +296,6 @@ class Executor:
         counters = merge_counters([own, *(part[0] for part in parts)])  # type: ignore[index]
         texts = [registry_text(), *(part[1] for part in parts)]  # type: ignore[index]
         return counters, merge_exposition(texts)
-
-
-def _shared(future: asyncio.Future[Outputs]) -> asyncio.Future[Outputs]:
-    """The flight's outcome, marked as another request's execution (a cache hit for this one)."""
-    joined: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-
-    def copy(done: asyncio.Future[Outputs]) -> None:
-        if joined.done():
-            return
-        if done.cancelled() or done.exception() is not None:
-            joined.set_exception(done.exception() or Unavailable("the execution was cancelled"))
-        else:
-            joined.set_result(SharedOutputs(done.result()))
-
-    future.add_done_callback(copy)
-    return joined
 
 
 def run_executor(settings: Settings, runtime_dir: Path) -> None:

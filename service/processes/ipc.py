@@ -115,6 +115,8 @@ class Channel(asyncio.Protocol):
         self._buffer = bytearray()
         self._ids = count(1)
         self._calls: dict[int, asyncio.Future[object]] = {}
+        self._outgoing: list[bytes | memoryview] = []
+        self._flushing = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -166,11 +168,22 @@ class Channel(asyncio.Protocol):
             self._send((_NOTE, 0, kind, payload))
 
     def _send(self, message: object) -> None:
-        assert self.transport is not None
-        self.transport.writelines(encode(message))
+        """Queue a frame; every frame of this loop iteration leaves in one vectored write."""
+        self._outgoing += encode(message)
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is queued now (else at the end of this loop iteration)."""
+        self._flushing = False
+        pieces, self._outgoing = self._outgoing, []
+        if self.transport is not None and pieces:
+            self.transport.writelines(pieces)
 
     def close(self) -> None:
         if self.transport is not None:
+            self.flush()
             self.transport.close()
 
     # -- receiving -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """What crosses between a front-end worker and the executor (``--workers N``), besides errors
-and plain values: the repository snapshots the executor pushes, and one request for a batcher.
-Both ends import these; ``service.processes.ipc`` carries them.
+and plain values: the repository snapshots the executor pushes, the requests a worker sends in
+frames and the answers the executor sends back. Both ends import these;
+``service.processes.ipc`` carries them.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from service.dataplane.shedding import Figures
 from service.messages import Tensors
 from service.models.version import ModelState
 
@@ -39,9 +41,11 @@ class Snapshot:
     entries: tuple[EntryInfo, ...]
 
 
-class SubmitCall(NamedTuple):
-    """One request for a model's batcher, as a worker sends it (a tuple: cheap to pickle)."""
+class RequestEntry(NamedTuple):
+    """One request for a model's batcher in a ``requests`` frame (a tuple on the wire: the
+    cheapest to pickle)."""
 
+    request_id: int  # the worker's own: the answer comes back under it
     model: str
     version: str
     inputs: Tensors
@@ -53,3 +57,12 @@ class SubmitCall(NamedTuple):
     key: str | None  # cache key: identical requests in flight share one execution
     arrival_ns: int  # time.monotonic_ns() at the worker's front end (one clock for both)
     admitted: bool  # admitted as a whole already (an "admit" call for a request of many parts)
+
+
+#: one ``answers`` frame: (request id, outputs, shared with another request's execution),
+#: (request id, error payload), and the queue figures of the models answered for
+Answers = tuple[
+    list[tuple[int, Tensors, bool]],
+    list[tuple[int, tuple[str, str, int | None]]],
+    dict[tuple[str, str], Figures],
+]

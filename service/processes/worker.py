@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -23,118 +22,21 @@ from service.backends.base import Backend
 from service.cache import ResponseCache
 from service.dataplane.batches import Outputs
 from service.dataplane.plane import DataPlane
-from service.errors import InferenceError, Internal, Unavailable
+from service.dataplane.shedding import QueuePolicy, budget_us, refusal_from_figures
+from service.errors import InferenceError, Internal
 from service.messages import JsonObject, Tensors
 from service.models.repository import IndexRow, ModelEntry, RepositoryView
 from service.models.tokenizer import TextTokenizer
 from service.models.version import ModelState, ModelVersion, Submission
 from service.observability.metrics import ModelCounters, registry_text
 from service.observability.metrics import render as render_metrics
-from service.processes.ipc import Channel, connect
-from service.processes.wire import EntryInfo, Snapshot, VersionInfo
+from service.processes.ipc import Channel
+from service.processes.link import RESTARTING, ExecutorLink
+from service.processes.wire import Answers, EntryInfo, Snapshot, VersionInfo
 from service.security.policy import Principal
 from service.settings import Settings
 
 log = logging.getLogger("infergate.frontend")
-
-#: how often a worker asks its waiting requests' clients whether they are still there
-CLIENT_SWEEP_S = 0.1
-RESTARTING = "the executor process is restarting"
-
-
-class ExecutorLink:
-    """A worker's connection to the executor, re-established whenever the executor restarts."""
-
-    def __init__(self, socket_path: str, plane: FrontEndPlane) -> None:
-        self.socket_path = socket_path
-        self.plane = plane
-        self.channel: Channel | None = None
-        self._watched: dict[int, Callable[[], bool]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._first_snapshot = asyncio.Event()
-
-    @property
-    def connected(self) -> bool:
-        return self.channel is not None and self.channel.transport is not None
-
-    async def start(self) -> None:
-        """Connect, and return once the first snapshot is in (a worker listens only then)."""
-        self._tasks = [
-            asyncio.create_task(self._keep_connected()),
-            asyncio.create_task(self._sweep()),
-        ]
-        await self._first_snapshot.wait()
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self.channel is not None:
-            self.channel.close()
-
-    def call(self, kind: str, payload: object) -> asyncio.Future[object]:
-        if self.channel is None:
-            return cast("asyncio.Future[object]", _failed(self.plane.mirror.down_error()))
-        return self.channel.call(kind, payload)
-
-    def submit(
-        self, call: tuple[object, ...], client_gone: Callable[[], bool] | None
-    ) -> asyncio.Future[Outputs]:
-        """Send a SubmitCall's fields (a plain tuple: the cheapest to pickle)."""
-        channel = self.channel
-        if channel is None:
-            return _failed(self.plane.mirror.down_error())
-        call_id, future = channel.call_with_id("submit", call)
-        if client_gone is not None and call_id:
-            self._watched[call_id] = client_gone
-        if call_id:
-            future.add_done_callback(lambda done: self._settled(call_id, done))
-        return cast("asyncio.Future[Outputs]", future)
-
-    def _settled(self, call_id: int, future: asyncio.Future[object]) -> None:
-        """A call answered, or cancelled here (its request failed as a whole): the executor
-        then need not run it."""
-        self._watched.pop(call_id, None)
-        if future.cancelled() and self.channel is not None:
-            self.channel.notify("cancel", call_id)
-
-    async def _keep_connected(self) -> None:
-        while True:
-            try:
-                channel = await connect(self.socket_path, self.plane.handle, lambda _: None)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            self.channel = channel
-            try:
-                snapshot = await channel.call("snapshot", None)
-                self.plane.mirror.apply(cast(Snapshot, snapshot))
-                self._first_snapshot.set()
-                log.info("connected to the executor")
-            except InferenceError:
-                pass  # lost again at once: wait for the close below
-            await channel.closed
-            self.channel = None
-            self._watched.clear()
-            self.plane.mirror.executor_lost()
-            log.warning("lost the executor; answering 503 until it is back")
-
-    async def _sweep(self) -> None:
-        """Tell the executor about clients that hung up, so their requests never run."""
-        while True:
-            await asyncio.sleep(CLIENT_SWEEP_S)
-            channel = self.channel
-            if channel is None or not self._watched:
-                continue
-            for call_id, gone in list(self._watched.items()):
-                if gone():
-                    del self._watched[call_id]
-                    channel.notify("cancel", call_id)
-
-
-def _failed(error: InferenceError) -> asyncio.Future[Outputs]:
-    future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-    future.set_exception(error)
-    return future
 
 
 class RemoteScheduler:
@@ -142,22 +44,42 @@ class RemoteScheduler:
 
     pending = 0  # the executor counts queued requests; summed views take its figure
 
-    def __init__(self, link: ExecutorLink, name: str, version: str, token_units: bool) -> None:
+    def __init__(self, link: ExecutorLink, model: ModelVersion, settings: Settings) -> None:
         self.link = link
-        self.name = name
-        self.version = version
-        self.token_units = token_units
+        self.name = model.name
+        self.version = model.version
+        self.token_units = bool(model.pad_inputs)
+        config = model.config.dynamic_batching
+        levels = max(config.priority_levels, 1)
+        self.default_level = config.default_priority_level or levels
+        self.policies = [
+            QueuePolicy.from_config(
+                config.priority_queue_policy.get(level, config.default_queue_policy), settings
+            )
+            for level in range(1, levels + 1)
+        ]
+        self.max_wait_us = int(settings.max_queue_wait_ms * 1000)
 
     def submit(self, submission: Submission) -> asyncio.Future[Outputs]:
         s = submission
         call = (self.name, self.version, s.inputs, s.rows, s.signature, s.priority, s.timeout_us)
-        return self.link.submit((*call, s.tokens, s.key, s.arrival_ns, s.admitted), s.client_gone)
+        nbytes = sum(array.nbytes for array in s.inputs.values())
+        entry = (*call, s.tokens, s.key, s.arrival_ns, s.admitted)
+        return self.link.submit(entry, nbytes, s.client_gone)
 
     def refusal(
         self, rows: int, units: int, priority: int = 0, timeout_us: int = 0, arrival_ns: int = 0
     ) -> InferenceError | None:
-        """The executor holds the queues: it decides when the request reaches it."""
-        return None
+        """Refused here, before the body is read, when the executor's latest figures for this
+        queue (a few ms old at most) already say the request would stay past its budget; else
+        the executor decides when the request reaches it."""
+        figures = self.link.figures.get((self.name, self.version))
+        if figures is None:
+            return None
+        level = priority or self.default_level
+        policy = self.policies[min(max(level, 1), len(self.policies)) - 1]
+        budget = budget_us(policy, timeout_us, self.max_wait_us)
+        return refusal_from_figures(self.name, figures, units, budget, arrival_ns)
 
     async def admit(
         self, rows: int, units: int, priority: int = 0, timeout_us: int = 0, arrival_ns: int = 0
@@ -197,9 +119,6 @@ class MirrorRepository(RepositoryView):
         self.generation = -1
         self.started = False
         self._instances: dict[tuple[str, str], int] = {}
-
-    def down_error(self) -> InferenceError:
-        return Unavailable(f"{RESTARTING}; retry", retry_after_s=1)
 
     def ready(self) -> bool:
         return self.link.connected and self.started and super().ready()
@@ -253,7 +172,7 @@ class MirrorRepository(RepositoryView):
         model = ModelVersion(
             name, version, config, RemoteBackend(self.link, details.healthy), tokenizer
         )
-        model.scheduler = RemoteScheduler(self.link, name, version, bool(model.pad_inputs))
+        model.scheduler = RemoteScheduler(self.link, model, self.settings)
         return model
 
     def executor_lost(self) -> None:
@@ -313,8 +232,9 @@ class FrontEndPlane(DataPlane):
     """The data plane of a front-end worker: statistics and metrics sum every process."""
 
     def __init__(self, settings: Settings, socket_path: str) -> None:
-        self.link = ExecutorLink(socket_path, self)
+        self.link = ExecutorLink(socket_path, self.handle)
         self.mirror = MirrorRepository(settings, self.link)
+        self.link.mirror = self.mirror
         super().__init__(settings, self.mirror)
         self.admission.limiter.remote_buckets = self._take_remote
 
@@ -349,6 +269,9 @@ class FrontEndPlane(DataPlane):
 
     def handle(self, kind: str, payload: object, channel: Channel, call_id: int) -> object:
         """What the executor asks of this worker."""
+        if kind == "answers":
+            self.link.answered(cast(Answers, payload))
+            return None
         if kind == "snapshot":
             self.mirror.apply(cast(Snapshot, payload))
             return None

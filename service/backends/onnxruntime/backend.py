@@ -159,7 +159,9 @@ class OnnxRuntimeBackend(Backend):
             WARMUP_SECONDS.hold((self.model, self.version), seconds)
             log.info("warmup of %s done in %.3f s", label, seconds)
 
-    def _run(self, inputs: Tensors, output_names: list[str]) -> Tensors:
+    runs_inline = True
+
+    def run(self, inputs: Tensors, output_names: list[str]) -> Tensors:
         feeds = {name: _strings_to_ort(array) for name, array in inputs.items()}
         slot = self._free.get()  # never waits: one slot per worker thread
         try:
@@ -172,7 +174,7 @@ class OnnxRuntimeBackend(Backend):
 
     async def execute(self, inputs: Tensors, output_names: list[str]) -> Tensors:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._run, inputs, output_names)
+        return await loop.run_in_executor(self._pool, self.run, inputs, output_names)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)

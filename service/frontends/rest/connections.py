@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import mmap
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 
 def _timeout_response(seconds: float) -> bytes:
@@ -45,6 +45,48 @@ class ConnectionTally:
         return sum(self._slots)
 
 
+class _Deferred:
+    """A request cycle's transport that, once armed by the response's start, holds the status
+    line and headers until the first piece of body, and writes both in one vectored write: one
+    syscall per response where uvicorn makes two. Other writes (100 Continue) pass through."""
+
+    __slots__ = ("transport", "head", "armed")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.head: bytes | None = None
+        self.armed = False
+
+    def write(self, data: bytes) -> None:
+        if self.armed:
+            self.armed = False
+            self.head = data
+        elif self.head is not None:
+            head, self.head = self.head, None
+            self.transport.writelines([head, data])
+        else:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.head is not None:
+            head, self.head = self.head, None
+            self.transport.write(head)
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+
+class LeanCycle(RequestResponseCycle):
+    """uvicorn's request cycle, writing each response's head with its body (see _Deferred)."""
+
+    async def send(self, message: MutableMapping[str, object]) -> None:  # type: ignore[override]
+        deferred = self.transport
+        if message["type"] == "http.response.start" and isinstance(deferred, _Deferred):
+            deferred.armed = not self.response_started
+        await super().send(message)  # type: ignore[arg-type]
+
+
 class ReadTimeoutProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the read timeout; :func:`with_read_timeout` makes the
     subclass that carries the settings."""
@@ -69,6 +111,10 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         self._headers_read = True
+        cycle = self.cycle
+        if type(cycle) is RequestResponseCycle:  # its ASGI task has not started yet
+            cycle.__class__ = LeanCycle
+            cycle.transport = _Deferred(self.transport)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

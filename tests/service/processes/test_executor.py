@@ -145,7 +145,7 @@ async def test_identical_requests_on_two_workers_run_once(
         await wait_until_async(lambda: gate.batches == [1], what="the first copy to run")
         on_b = asyncio.ensure_future(b.infer(_request(0.5)))
         await wait_until_async(
-            lambda: len(tree.executor._flights[next(iter(tree.executor._flights))].watchers) == 2,
+            lambda: [len(f.members) for f in tree.executor.desk.flights.values()] == [2],
             what="the second copy to join the first",
         )
         gate.open.set()
@@ -169,8 +169,10 @@ async def test_a_request_whose_client_hung_up_never_runs(tree: Tree) -> None:
     abandoned = asyncio.ensure_future(a.infer(_request(1.0, client_gone=lambda: hung_up)))
     await wait_until_async(lambda: _batcher_queued(tree) == 2, what="the second request to queue")
     hung_up = True
-    cancelled = tree.executor._cancelled
-    await wait_until_async(lambda: any(cancelled.values()), what="the worker to report the hang-up")
+    workers = tree.executor.desk.workers.values()
+    await wait_until_async(
+        lambda: any(worker.cancelled for worker in workers), what="the worker to report the hang-up"
+    )
     gate.open.set()
     await first
     with pytest.raises(BadRequest, match="client disconnected"):
