@@ -25,6 +25,7 @@ import tomllib
 import zipfile
 from email.parser import HeaderParser
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
@@ -61,7 +62,7 @@ print(json.dumps({
 LEGACY_MANYLINUX = {5: "manylinux1", 12: "manylinux2010", 17: "manylinux2014"}
 
 
-def probe_image(image: str) -> dict[str, object]:
+def probe_image(image: str) -> dict[str, Any]:
     done = subprocess.run(
         ["docker", "run", "--rm", "--network", "none", image, "python3", "-c", PROBE],
         capture_output=True,
@@ -71,15 +72,14 @@ def probe_image(image: str) -> dict[str, object]:
     return json.loads(done.stdout)
 
 
-def download_flags(target: dict[str, object]) -> list[str]:
+def download_flags(target: dict[str, Any]) -> list[str]:
     """``pip download`` options for wheels the image can install (binary only, its tags)."""
     markers = target["markers"]
-    assert isinstance(markers, dict)
     machine = markers["platform_machine"]
-    major, minor = (int(part) for part in str(target["glibc"]).split(".")[:2])
+    major, minor = (int(part) for part in target["glibc"].split(".")[:2])
     platforms = [f"manylinux_{major}_{m}_{machine}" for m in range(minor, 4, -1)]
     platforms += [f"{name}_{machine}" for m, name in LEGACY_MANYLINUX.items() if m <= minor]
-    flags = ["--only-binary=:all:", "--implementation", "cp", "--abi", str(target["abi"])]
+    flags = ["--only-binary=:all:", "--implementation", "cp", "--abi", target["abi"]]
     flags += ["--python-version", markers["python_full_version"]]
     for platform in platforms:
         flags += ["--platform", platform]
@@ -107,12 +107,13 @@ def wheel_metadata(dest: Path) -> dict[str, tuple[Version, list[Requirement]]]:
     return found
 
 
-def missing(dest: Path, markers: dict[str, str]) -> list[str]:
-    """Requirements of the closure (markers evaluated for the image) no wheel in dest meets."""
+def missing(dest: Path, markers: dict[str, str], wanted: list[Requirement]) -> list[str]:
+    """Requirements of the closure of ``wanted`` (every marker evaluated for the image) that no
+    wheel in ``dest`` meets."""
     wheels = wheel_metadata(dest)
     lacking: list[str] = []
     seen: set[tuple[str, frozenset[str]]] = set()
-    todo: list[tuple[Requirement, str]] = [(req, "") for req in roots()]
+    todo: list[tuple[Requirement, str]] = [(req, "") for req in wanted]
     while todo:
         req, extra = todo.pop()
         if req.marker is not None and not req.marker.evaluate({**markers, "extra": extra}):
@@ -132,14 +133,13 @@ def missing(dest: Path, markers: dict[str, str]) -> list[str]:
 def build(image: str, dest: Path) -> None:
     target = probe_image(image)
     markers = target["markers"]
-    assert isinstance(markers, dict)
     flags = download_flags(target)
     dest.mkdir(parents=True, exist_ok=True)
     wanted = [str(req) for req in roots()]
     for _ in range(10):
         pip = [sys.executable, "-m", "pip", "download", "-q", "--dest", str(dest), *flags]
         subprocess.run([*pip, *wanted], check=True)
-        wanted = missing(dest, markers)
+        wanted = missing(dest, markers, roots())
         if not wanted:
             count = len(list(dest.glob("*.whl")))
             size = sum(path.stat().st_size for path in dest.glob("*.whl"))
