@@ -2,7 +2,7 @@
 # A Python 3.11 base image made from Debian's packages alone, for machines no image registry
 # answers: debootstrap (minbase + python3, venv, ca-certificates, passwd) piped into `docker import`.
 # It stands in for python:3.11-slim-bookworm: deploy/offline/*.Dockerfile and the gateway image
-# (PYTHON_IMAGE) build FROM it. About 2 minutes; does nothing when the image exists already.
+# (PYTHON_IMAGE) build FROM it. About a minute; does nothing when the image exists already.
 #   deploy/offline/base-image.sh [IMAGE]        (root: debootstrap needs it)
 set -eu
 
