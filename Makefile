@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 MODELS_STAMP := model_repo/.built
 
-.PHONY: setup models serve test lint docs bench clean redis
+.PHONY: setup models serve test lint docs bench clean redis images compose-up compose-down deploy-test
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 models: setup
-	$(VENV)/bin/infergate convert examples --repo model_repo
+	$(PY) -m service.cli convert examples --repo model_repo
 
 serve: models
 	$(VENV)/bin/infergate serve --model-repo model_repo --host 127.0.0.1 --http-port 8000 --grpc-port 8001
@@ -29,12 +29,31 @@ serve: models
 test: setup
 	$(VENV)/bin/python -m pytest -q -ra
 
+# --- Docker (docs/deploy-gpu.md, docs/deploy-offline.md) ---------------------------------------
+# OFFLINE=auto: the offline stand-ins (deploy/offline/) only when Docker Hub does not answer
+OFFLINE ?= auto
+STACK := PY=$(PY) OFFLINE=$(OFFLINE) deploy/stack.sh
+
+images: setup
+	$(STACK) images
+
+compose-up: models
+	$(STACK) up
+
+compose-down:
+	$(STACK) down
+
+# the real CPU stack on this machine's engine (skipped when none answers); not part of `make test`
+deploy-test: models
+	DEPLOY_TEST=1 OFFLINE=$(OFFLINE) \
+		$(VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests/deploy/test_compose_up.py
+
 docs: setup
 	$(PY) -m service.cli.reference
 
 lint:
-	$(VENV)/bin/ruff check service converters loadtest bench tests
-	$(VENV)/bin/ruff format --check service converters loadtest bench tests
+	$(VENV)/bin/ruff check service converters loadtest bench tests deploy
+	$(VENV)/bin/ruff format --check service converters loadtest bench tests deploy
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

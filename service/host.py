@@ -3,7 +3,7 @@
 Small and dependency-free on purpose: the converters and the load tester ask it too.
 
 - ``cuda_gpu_count`` asks the CUDA driver itself (no framework import).
-- ``usable_cores`` lowers the CPU affinity by a cgroup v2 quota (a container's limit).
+- ``usable_cores`` lowers the CPU affinity by a cgroup quota (a container's limit), v2 or v1.
 - glibc keeps freed heap pages for reuse, so one hostile 60 MB body would leave the process that
   much bigger for good; ``release_memory`` returns them (elsewhere, musl or macOS, it does
   nothing). ``tune_gc`` sets the garbage collector for many short-lived objects around
@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import math
 import os
 from pathlib import Path
 
@@ -34,17 +35,29 @@ def cuda_gpu_count() -> int:
     return 0
 
 
-def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """CPUs this process may run on, lowered by a cgroup v2 CPU quota (a container's limit:
-    ``docker run --cpus``, compose ``cpus``, a Kubernetes CPU limit)."""
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may run on, lowered by a cgroup CPU quota (a container's limit:
+    ``docker run --cpus``, compose ``cpus``, a Kubernetes CPU limit) and rounded up, as
+    Kubernetes does."""
     cores = len(os.sched_getaffinity(0))
+    quota = cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The cgroup's CPU quota in CPUs, None without one: cgroup v2's ``cpu.max``, else v1's
+    ``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us`` (Docker on a cgroup v1 host)."""
     try:
-        quota, period = cpu_max.read_text().split()[:2]
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
-        return cores
-    if quota == "max":
-        return cores
-    return max(1, min(cores, -(-int(quota) // int(period))))  # rounded up, as Kubernetes does
+        pass
+    try:
+        v1_quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        v1_period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if v1_quota <= 0 else v1_quota / v1_period
 
 
 @functools.cache

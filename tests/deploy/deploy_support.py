@@ -18,8 +18,12 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 COMPOSE_GPU = REPO / "docker-compose.yml"
 COMPOSE_CPU = REPO / "docker-compose.cpu.yml"
-COMPOSE_FILES = (COMPOSE_GPU, COMPOSE_CPU)
+OFFLINE = DEPLOY / "offline"
+COMPOSE_OFFLINE = OFFLINE / "docker-compose.offline.yml"
+COMPOSE_FILES = (COMPOSE_GPU, COMPOSE_CPU, COMPOSE_OFFLINE)
 DOCKERFILES = (DEPLOY / "gateway.Dockerfile", DEPLOY / "converter.Dockerfile")
+# the offline stand-ins for Redis and Prometheus; their build context is deploy/offline/
+OFFLINE_DOCKERFILES = (OFFLINE / "redis.Dockerfile", OFFLINE / "prometheus.Dockerfile")
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("cpu", "gpu")
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "infergate.json"

@@ -21,8 +21,10 @@ from tests.deploy.deploy_support import (
     COMPOSE_CPU,
     COMPOSE_FILES,
     COMPOSE_GPU,
+    COMPOSE_OFFLINE,
     DASHBOARD,
     DEPLOY,
+    OFFLINE,
     REPO,
     compose_binary,
     compose_config,
@@ -80,8 +82,13 @@ def test_schema_check_has_teeth(validator: Draft7Validator, gpu: dict) -> None:
 
 @pytest.mark.parametrize(
     ("files", "profiles"),
-    [((COMPOSE_GPU,), ()), ((COMPOSE_GPU, COMPOSE_CPU), ()), ((COMPOSE_GPU,), ("tools",))],
-    ids=["gpu", "cpu", "gpu+tools"],
+    [
+        ((COMPOSE_GPU,), ()),
+        ((COMPOSE_GPU, COMPOSE_CPU), ()),
+        ((COMPOSE_GPU,), ("tools",)),
+        ((COMPOSE_GPU, COMPOSE_CPU, COMPOSE_OFFLINE), ()),
+    ],
+    ids=["gpu", "cpu", "gpu+tools", "cpu+offline"],
 )
 def test_compose_cli_accepts_files(files: tuple[Path, ...], profiles: tuple[str, ...]) -> None:
     argv = compose_binary()
@@ -226,6 +233,46 @@ def test_cpu_override_replaces_triton_with_embedded_onnxruntime(cpu: dict) -> No
     assert set(merged["gateway"]["depends_on"]) == {"redis"}
     assert _flag(merged["gateway"]["command"], "--backend") == "onnxruntime"
     assert not any("nvidia" in json.dumps(service) for service in merged.values())
+
+
+def test_offline_override_builds_what_it_cannot_pull() -> None:
+    """deploy/offline/: every image of the CPU stack is built here (from the debootstrap base and
+    the wheelhouse) and nothing is pulled; the stack on them runs in test_compose_up.py."""
+    merged = compose_config(COMPOSE_GPU, COMPOSE_CPU, COMPOSE_OFFLINE)["services"]
+    assert set(merged) == {"gateway", "redis", "prometheus"}, "grafana only comes from a registry"
+    base_image = re.search(
+        r"^IMAGE=\$\{1:-\$\{OFFLINE_BASE_IMAGE:-(\S+)\}\}$",
+        (OFFLINE / "base-image.sh").read_text(),
+        re.M,
+    )
+    assert base_image, "deploy/offline/base-image.sh names its default image"
+    stack_script = (DEPLOY / "stack.sh").read_text()
+    assert f"OFFLINE_BASE_IMAGE=${{OFFLINE_BASE_IMAGE:-{base_image[1]}}}" in stack_script
+    args = merged["gateway"]["build"]["args"]
+    assert args["PYTHON_IMAGE"] == base_image[1]
+    assert args["PIP_NO_INDEX"] == "1"
+    assert f"deploy/wheels/ {args['PIP_FIND_LINKS']}/" in dockerfile_instructions(
+        DEPLOY / "gateway.Dockerfile", "COPY"
+    ), "the wheelhouse lands where pip looks for it"
+    base = load_compose(COMPOSE_GPU)["services"]
+    for name in ("redis", "prometheus"):
+        assert merged[name]["build"]["context"] == str(OFFLINE)
+        assert merged[name]["build"]["args"]["BASE_IMAGE"] == base_image[1]
+        assert merged[name]["image"] != base[name]["image"]
+    for name, service in load_compose(COMPOSE_OFFLINE)["services"].items():
+        assert "image" not in service or "build" in service, f"{name} would be pulled"
+
+
+def test_compose_stop_outwaits_the_gateways_drain(gpu: dict) -> None:
+    """`docker compose stop` sends SIGKILL after stop_grace_period (Docker's default 10 s): it
+    must be longer than the gateway's own drain of in-flight requests."""
+    from service.settings import Settings
+
+    gateway = gpu["services"]["gateway"]
+    grace = re.fullmatch(r"(\d+)s", gateway["stop_grace_period"])
+    assert grace, gateway["stop_grace_period"]
+    assert "INFERGATE_EXIT_TIMEOUT_S" not in compose_environment(gateway)
+    assert int(grace[1]) > Settings().exit_timeout_s
 
 
 def test_prometheus_scrapes_gateway_and_triton(gpu: dict) -> None:

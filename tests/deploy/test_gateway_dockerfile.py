@@ -19,6 +19,8 @@ import pytest
 from tests.deploy.deploy_support import (
     DEPLOY,
     DOCKERFILES,
+    OFFLINE,
+    OFFLINE_DOCKERFILES,
     REPO,
     dockerfile_instructions,
     dockerfile_lines,
@@ -46,7 +48,7 @@ def _hadolint() -> str | None:
     return str(venv_bin) if venv_bin.is_file() else shutil.which("hadolint")
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES + OFFLINE_DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint_finds_nothing(dockerfile: Path) -> None:
     hadolint = _hadolint()
     if hadolint is None:
@@ -130,22 +132,42 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_copy_sources_exist_and_survive_dockerignore(dockerfile: Path) -> None:
-    ignore = Path(f"{dockerfile}.dockerignore")
-    patterns = [
+def _patterns(ignore: Path) -> list[str]:
+    return [
         line.strip()
         for line in ignore.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "context"),
+    [(path, REPO) for path in DOCKERFILES] + [(path, OFFLINE) for path in OFFLINE_DOCKERFILES],
+    ids=lambda value: value.name if value.suffix == ".Dockerfile" else "",
+)
+def test_copy_sources_exist_and_survive_dockerignore(dockerfile: Path, context: Path) -> None:
+    """BuildKit reads ``<Dockerfile>.dockerignore`` where there is one, the classic builder (an
+    engine without buildx, as Debian's docker.io) only the context's ``.dockerignore``: every
+    COPY source must survive both."""
+    ignores = [context / ".dockerignore"]
+    if Path(f"{dockerfile}.dockerignore").is_file():
+        ignores.append(Path(f"{dockerfile}.dockerignore"))
     for line in dockerfile_instructions(dockerfile, "COPY"):
         if line.startswith("--from="):
             continue
         for source in line.split()[:-1]:
-            assert (REPO / source).exists(), f"COPY {source}: not in the repository"
-            assert not _ignored(source.rstrip("/"), patterns), (
-                f"COPY {source}: excluded by {ignore.name}"
-            )
+            assert (context / source).exists(), f"COPY {source}: not in the build context"
+            for ignore in ignores:
+                assert not _ignored(source.rstrip("/"), _patterns(ignore)), (
+                    f"COPY {source}: excluded by {ignore.relative_to(REPO)}"
+                )
+
+
+@pytest.mark.parametrize("ignore", [REPO / ".dockerignore", *DEPLOY.glob("*.dockerignore")])
+def test_build_context_leaves_out_keys_models_and_the_venv(ignore: Path) -> None:
+    patterns = _patterns(ignore)
+    for path in ("secrets/api-keys.json", "model_repo/digits_mlp/1/model.onnx", ".venv"):
+        assert _ignored(path, patterns), f"{ignore.name} sends {path} to the engine"
 
 
 def test_serve_needs_no_heavy_dependency() -> None:
