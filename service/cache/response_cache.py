@@ -42,6 +42,15 @@ class CacheStats:
     miss_count: int = 0
     miss_ns: int = 0
 
+    def figures(self) -> tuple[int, int, int, int]:
+        return self.hit_count, self.hit_ns, self.miss_count, self.miss_ns
+
+    def add(self, figures: tuple[int, int, int, int]) -> None:
+        self.hit_count += figures[0]
+        self.hit_ns += figures[1]
+        self.miss_count += figures[2]
+        self.miss_ns += figures[3]
+
     def as_dict(self) -> dict[str, int]:
         return {
             "hit_count": self.hit_count,
@@ -81,6 +90,7 @@ class ResponseCache:
         self.store = store if store is not None else build_store(settings, local_tier)
         self._coalescer: Coalescer[tuple[Outputs, bool]] = Coalescer()
         self._stats: dict[tuple[str, str], CacheStats] = {}
+        self._shipped: dict[tuple[str, str], tuple[int, int, int, int]] = {}
         self._report = RateLimitedLog()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -122,6 +132,19 @@ class ResponseCache:
     def stats(self, model: str, version: str) -> dict[str, int]:
         """Counts and cumulative nanoseconds for ``/v2/models/{m}/stats``."""
         return self._slot(model, version).as_dict()
+
+    def take_counts(self) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+        """Hit and miss counts (and nanoseconds) since the last take, by version, for the
+        process that holds the counts; this process's own stay as they are."""
+        taken: dict[tuple[str, str], tuple[int, int, int, int]] = {}
+        for key, slot in self._stats.items():
+            now = slot.figures()
+            shipped = self._shipped.get(key, (0, 0, 0, 0))
+            if now != shipped:
+                taken[key] = (now[0] - shipped[0], now[1] - shipped[1], now[2] - shipped[2],
+                              now[3] - shipped[3])  # fmt: skip
+                self._shipped[key] = now
+        return taken
 
     def _slot(self, model: str, version: str) -> CacheStats:
         slot = self._stats.get((model, version))

@@ -34,7 +34,7 @@ from service.models.repository import IndexRow, ModelRepository, RepositoryView
 from service.models.sources import make_source
 from service.models.tokenizer import TokenizedItem, truncate_parameter
 from service.models.version import ModelVersion, Submission
-from service.observability.metrics import ModelCounters, registry_text
+from service.observability.metrics import STATISTICS_SINCE, ModelCounters, registry_text
 from service.observability.metrics import render as render_metrics
 from service.protocol.text import (
     check_limits,
@@ -76,6 +76,8 @@ class DataPlane:
         self.cache = self._response_cache()
         await self.cache.start()
         await self.repository.start()
+        if isinstance(self.repository, ModelRepository):  # this process holds the counts
+            STATISTICS_SINCE.set(time.time())
         self._started = True
 
     def _response_cache(self) -> ResponseCache:

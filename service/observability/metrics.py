@@ -39,6 +39,16 @@ STAY = Histogram(
     ("model",),
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0),
 )
+FRAME_REQUESTS = Histogram(
+    "infergate_executor_frame_requests",
+    "Requests per frame a front-end worker sent the executor (--workers N)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+STATISTICS_SINCE = Gauge(
+    "infergate_statistics_start_time_seconds",
+    "When the counts of /v2/models/m/stats and of the nv_inference_* families began (the "
+    "process holding them started: they reset, as Triton's do, when it restarts)",
+)
 REJECTED = Counter(
     "infergate_rejected_requests_total", "Requests refused before running", ("model", "reason")
 )
@@ -204,7 +214,14 @@ def merge_counters(parts: Iterable[Iterable[ModelCounters]]) -> list[ModelCounte
 
 
 #: per-process gauges that do not add up across processes: the largest is shown
-_NOT_SUMMED = frozenset({"process_start_time_seconds", "process_max_fds", "python_info"})
+_NOT_SUMMED = frozenset(
+    {
+        "process_start_time_seconds",
+        "process_max_fds",
+        "python_info",
+        "infergate_statistics_start_time_seconds",
+    }
+)
 
 
 def merge_exposition(texts: Iterable[bytes]) -> bytes:
@@ -237,8 +254,13 @@ def merge_exposition(texts: Iterable[bytes]) -> bytes:
             )
             for sample in family.samples
         ]
+    return exposition(families.values())
+
+
+def exposition(families: Iterable[Metric]) -> bytes:
+    """Already-collected families in the text exposition format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(list(families.values())))
+    registry.register(_Fixed(list(families)))
     return generate_latest(registry)
 
 

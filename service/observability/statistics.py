@@ -36,6 +36,11 @@ class BatchStats:
         self.compute_output = Duration()
 
 
+#: what a front-end worker counted of one version since it last shipped its counts: success
+#: count and nanoseconds, failure count and nanoseconds, the last inference (ms since the epoch)
+RequestCounts = tuple[int, int, int, int, int]
+
+
 class ModelStats:
     """Counters for one model version, updated only from the event loop (no locking needed)."""
 
@@ -53,6 +58,24 @@ class ModelStats:
         self.execution_count = 0
         self.last_inference_ms = 0
         self.batches: dict[int, BatchStats] = {}
+        self._shipped = (0, 0, 0, 0)
+
+    def take_counts(self) -> RequestCounts | None:
+        """The request counts since the last take (None: nothing new), for the process that
+        holds the counts (the executor); this process's own stay as they are."""
+        now = (self.success.count, self.success.ns, self.fail.count, self.fail.ns)
+        if now == self._shipped:
+            return None
+        delta = tuple(value - shipped for value, shipped in zip(now, self._shipped))
+        self._shipped = now
+        return delta[0], delta[1], delta[2], delta[3], self.last_inference_ms
+
+    def add_counts(self, counts: RequestCounts) -> None:
+        """Another process's :meth:`take_counts`."""
+        success, success_ns, failures, failure_ns, last_ms = counts
+        self.success.add(success_ns, success)
+        self.fail.add(failure_ns, failures)
+        self.last_inference_ms = max(self.last_inference_ms, last_ms)
 
     def record_execution(self, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One model execution of ``rows`` rows (one call into the backend)."""

@@ -27,19 +27,12 @@ from tritonclient.grpc import model_config_pb2
 from service.cache.stores import LocalStore
 from service.dataplane.batching import DynamicBatcher
 from service.host import tune_gc
-from service.messages import JsonObject
 from service.models.repository import ModelRepository
 from service.models.sources import make_source
 from service.models.version import ModelVersion
-from service.observability.metrics import (
-    ModelCounters,
-    merge_counters,
-    merge_exposition,
-    registry_text,
-)
-from service.observability.statistics import merge_statistics
 from service.processes.ipc import Channel, listen
 from service.processes.requests import Desk
+from service.processes.tally import Counts, Tally
 from service.processes.wire import EntryInfo, Snapshot, VersionInfo
 from service.security.policy import Principal
 from service.security.ratelimit import RateLimiter
@@ -49,8 +42,6 @@ log = logging.getLogger("infergate.executor")
 
 #: how often the executor compares the repository with what it last sent the workers
 SNAPSHOT_INTERVAL_S = 0.25
-#: a worker that does not answer a statistics fan-out within this is left out of the sums
-FAN_OUT_TIMEOUT_S = 5.0
 
 
 class Executor:
@@ -68,6 +59,7 @@ class Executor:
             self.results = LocalStore(settings.cache_local_bytes)
         self.channels: set[Channel] = set()
         self.desk = Desk(self.repository, settings, self.results)
+        self.tally = Tally(self.repository, self.channels)
         self._generation = time.monotonic_ns()
         self._sent: tuple[object, ...] = ()
         self._started = False
@@ -126,6 +118,7 @@ class Executor:
     def _lost(self, channel: Channel) -> None:
         self.channels.discard(channel)
         self.desk.lost(channel)
+        self.tally.lost(channel)
 
     # -- calls from workers ---------------------------------------------------------------
     def _handle(self, kind: str, payload: object, channel: Channel, call_id: int) -> object:
@@ -134,6 +127,9 @@ class Executor:
             return None
         if kind == "cancel":
             self.desk.cancel(channel, cast("list[int]", payload))
+            return None
+        if kind == "counts":
+            self.tally.add(cast(Counts, payload))
             return None
         if kind == "admit":
             name, version, *figures = cast("tuple[object, ...]", payload)
@@ -152,9 +148,9 @@ class Executor:
             return self.repository.index()
         if kind == "stats":
             name, version = cast("tuple[str, str]", payload)
-            return self._statistics(name, version)
+            return self.tally.statistics(name, version)
         if kind == "metrics":
-            return self._metrics()
+            return self.tally.metrics()
         if kind == "take_local":
             principal, rows = cast("tuple[Principal, int]", payload)
             return self.limiter.take_local(principal, rows)
@@ -176,7 +172,7 @@ class Executor:
         and return once each has applied it, so the change is everywhere when the call ends."""
         self._remember()
         generation = self._push()
-        await self._fan_out("applied", generation)
+        await self.tally.fan_out("applied", generation)
         return generation
 
     # -- restarts: the loaded set outlives the process ------------------------------------
@@ -273,29 +269,6 @@ class Executor:
             await asyncio.sleep(SNAPSHOT_INTERVAL_S)
             if self._digest() != self._sent:
                 self._push()
-
-    # -- statistics summed over every process ---------------------------------------------
-    async def _fan_out(self, kind: str, payload: object) -> list[object]:
-        calls = [channel.call(kind, payload) for channel in list(self.channels)]
-        if not calls:
-            return []
-        done, _ = await asyncio.wait(calls, timeout=FAN_OUT_TIMEOUT_S)
-        return [call.result() for call in done if call.exception() is None]
-
-    async def _statistics(self, name: str, version: str) -> JsonObject:
-        own = [model.stats.to_dict() for model in self.repository.select(name, version)]
-        parts = await self._fan_out("partial_stats", (name, version))
-        return merge_statistics([{"model_stats": own}, *parts])  # type: ignore[list-item]
-
-    async def _metrics(self) -> tuple[list[ModelCounters], bytes]:
-        own = [
-            model.stats.counters(None, model.scheduler.pending)
-            for model in self.repository.select()
-        ]
-        parts = await self._fan_out("partial_metrics", None)
-        counters = merge_counters([own, *(part[0] for part in parts)])  # type: ignore[index]
-        texts = [registry_text(), *(part[1] for part in parts)]  # type: ignore[index]
-        return counters, merge_exposition(texts)
 
 
 def run_executor(settings: Settings, runtime_dir: Path) -> None:

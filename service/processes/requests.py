@@ -25,6 +25,7 @@ from service.dataplane.shedding import Figures
 from service.errors import InferenceError
 from service.models.repository import RepositoryView
 from service.models.version import Submission
+from service.observability.metrics import FRAME_REQUESTS
 from service.processes.ipc import Channel, error_payload
 from service.processes.wire import RequestEntry
 from service.settings import Settings
@@ -150,6 +151,7 @@ class Desk:
         worker = self.workers.get(channel)
         if worker is None:
             return
+        FRAME_REQUESTS.observe(len(entries))
         get = self.repository.get
         for raw in entries:
             entry = RequestEntry._make(raw)

@@ -10,7 +10,6 @@ is away every model answers 503 and in-flight requests fail with 503 + Retry-Aft
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import cast
@@ -32,6 +31,7 @@ from service.observability.metrics import ModelCounters, registry_text
 from service.observability.metrics import render as render_metrics
 from service.processes.ipc import Channel
 from service.processes.link import RESTARTING, ExecutorLink
+from service.processes.tally import SHIP_INTERVAL_S, Counts
 from service.processes.wire import Answers, EntryInfo, Snapshot, VersionInfo
 from service.security.policy import Principal
 from service.settings import Settings
@@ -229,7 +229,8 @@ class ExecutorStore:
 
 
 class FrontEndPlane(DataPlane):
-    """The data plane of a front-end worker: statistics and metrics sum every process."""
+    """The data plane of a front-end worker: what it counts is shipped to the executor, which
+    holds every process's counts (``service.processes.tally``)."""
 
     def __init__(self, settings: Settings, socket_path: str) -> None:
         self.link = ExecutorLink(socket_path, self.handle)
@@ -237,6 +238,39 @@ class FrontEndPlane(DataPlane):
         self.link.mirror = self.mirror
         super().__init__(settings, self.mirror)
         self.admission.limiter.remote_buckets = self._take_remote
+        self._shipping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        self._shipping = asyncio.create_task(self._ship_periodically())
+
+    async def close(self) -> None:
+        if self._shipping is not None:
+            self._shipping.cancel()
+        self.ship()  # what was counted since the last time, before the link goes
+        await super().close()
+
+    def ship(self) -> None:
+        """Send the executor what this worker counted since the last time (never while the
+        link is down: what it counts meanwhile goes with the next frame)."""
+        channel = self.link.channel
+        if channel is None or channel.transport is None:
+            return
+        counts: Counts = {}
+        for model in self.repository.select():
+            taken = model.stats.take_counts()
+            if taken is not None:
+                counts[(model.name, model.version)] = (taken, None)
+        if self.cache is not None:
+            for key, figures in self.cache.take_counts().items():
+                counts[key] = (counts.get(key, (None, None))[0], figures)
+        if counts:
+            channel.notify("counts", counts)
+
+    async def _ship_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(SHIP_INTERVAL_S)
+            self.ship()
 
     def _response_cache(self) -> ResponseCache:
         """With Redis, every worker uses it directly; without, the executor's in-process LRU is
@@ -275,13 +309,12 @@ class FrontEndPlane(DataPlane):
         if kind == "snapshot":
             self.mirror.apply(cast(Snapshot, payload))
             return None
-        if kind == "partial_stats":
-            name, version = cast("tuple[str, str]", payload)
-            with contextlib.suppress(InferenceError):
-                return self.local_statistics(name, version)
-            return {"model_stats": []}
-        if kind == "partial_metrics":
-            return self.local_counters(), registry_text()
+        if kind == "ship":  # the counts go first, in order on the channel, then the reply
+            self.ship()
+            return None
+        if kind == "ship_metrics":
+            self.ship()
+            return registry_text()
         if kind == "applied":  # answered after the snapshot notice sent before it: in order
             return self.mirror.generation
         raise ValueError(f"unknown call {kind!r}")

@@ -164,6 +164,37 @@ def test_a_killed_worker_is_replaced_and_the_other_serves_meanwhile(two_workers:
     assert [_infer(two_workers).status_code for _ in range(10)] == [200] * 10
 
 
+def _counts(gateway: Gateway) -> tuple[int, int, float, float]:
+    """digits_mlp's successes in /stats and in /metrics, its latency count (a worker's own
+    histogram, summed), and when the counts began."""
+    stats = httpx.get(f"{gateway.base_url}/v2/models/digits_mlp/stats", timeout=30).json()
+    metrics = httpx.get(f"{gateway.base_url}/metrics", timeout=30).text
+
+    def sample(pattern: str) -> float:
+        found = re.search(pattern, metrics, re.MULTILINE)
+        assert found is not None, pattern
+        return float(found.group(1))
+
+    return (
+        stats["model_stats"][0]["inference_stats"]["success"]["count"],
+        int(sample(r'nv_inference_request_success\{model="digits_mlp",version="1"\} (\d+)')),
+        sample(r'infergate_request_latency_seconds_count\{model="digits_mlp"\} ([\d.]+)'),
+        sample(r"^infergate_statistics_start_time_seconds (\S+)$"),
+    )
+
+
+def test_counts_never_go_back_when_a_worker_dies(two_workers: Gateway) -> None:
+    for _ in range(20):  # fresh connections: both workers answer some
+        assert _infer(two_workers).status_code == 200
+    before = _counts(two_workers)
+    assert before[0] == before[1] >= 20 and before[3] > 0
+    victim = sorted(_workers(two_workers))[0]
+    os.kill(victim, signal.SIGKILL)
+    replaced = re.compile(rf"worker-\d \(pid {victim}\) was killed by SIGKILL; replaced by")
+    wait_until(lambda: replaced.search(two_workers.log()), what="the replacement's log line")
+    assert _counts(two_workers) == before, "the dead worker's counts stay in the sums"
+
+
 def test_a_killed_executor_means_503_then_its_models_come_back(
     example_repo: Path, tmp_path: Path
 ) -> None:
@@ -175,6 +206,7 @@ def test_a_killed_executor_means_503_then_its_models_come_back(
         loaded = httpx.post(f"{server.base_url}/v2/repository/models/cancer_gbt/load", timeout=60)
         assert loaded.status_code == 200
         executor = _executor(server)
+        began = _counts(server)[3]
         with _under_load(server) as outcomes, _supervisor_stopped(server):
             os.kill(executor, signal.SIGKILL)
             wait_until(lambda: _dead(executor), what="the kill")
@@ -194,6 +226,7 @@ def test_a_killed_executor_means_503_then_its_models_come_back(
             what=f"the models back READY ({server.log()[-1500:]})",
         )
         assert _infer(server).status_code == 200
+        assert _counts(server)[3] > began, "the counts say they began again with the executor"
         ready = f"{server.base_url}/v2/models/cancer_gbt/ready"  # loaded by a call, restored
         assert [httpx.get(ready).status_code for _ in range(4)] == [200] * 4
     finally:

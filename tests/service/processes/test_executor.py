@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2
 from service.backends.base import Backend
 from service.errors import BadRequest, Overloaded, RateLimited, Unavailable
 from service.messages import InferRequest, Tensors
+from service.observability.metrics import FRAME_REQUESTS
 from service.processes.executor import Executor
 from service.processes.worker import FrontEndPlane
 from service.settings import Settings
@@ -129,6 +130,51 @@ async def test_requests_of_both_workers_share_one_batcher_and_statistics_sum(tre
     assert f'nv_inference_exec_count{{model="{MODEL}",version="1"}} 2' in metrics
     # (prometheus-client's registry is one per process, so its sums are checked with real
     # processes in tests/integration/test_workers.py)
+
+
+def _frames() -> tuple[float, float]:
+    """(frames, requests) the executor took in so far (one registry in this one process)."""
+    samples = {sample.name: sample.value for sample in FRAME_REQUESTS.collect()[0].samples}
+    prefix = "infergate_executor_frame_requests"
+    return samples[f"{prefix}_count"], samples[f"{prefix}_sum"]
+
+
+def _cancer_request(value: float) -> InferRequest:
+    x = np.full((1, 30), value, dtype=np.float32)
+    return InferRequest("cancer_gbt", "", {"input": x}, {"input": "FP32"}, use_cache=False)
+
+
+async def test_requests_gathered_in_one_pass_travel_in_one_frame(tree: Tree) -> None:
+    a, _ = tree.planes
+    frames, requests = _frames()
+    responses = await asyncio.gather(*(a.infer(_request(i / 20)) for i in range(20)))
+    assert all(r.outputs["probabilities"].shape == (1, 10) for r in responses)
+    assert _frames() == (frames + 1, requests + 20), "20 requests of one pass: one frame"
+
+
+async def test_a_slow_or_cancelled_request_does_not_hold_the_rest_of_its_frame(tree: Tree) -> None:
+    gate = tree.gate()
+    a, _ = tree.planes
+    slow = await _busy(a, gate)  # held at the gate
+    frames, _ = _frames()
+    cancelled = asyncio.ensure_future(a.infer(_request(0.25, use_cache=False)))  # behind it
+    others = [asyncio.ensure_future(a.infer(_cancer_request(i / 5))) for i in range(5)]
+    try:
+        for response in await asyncio.gather(*others):  # another model: answered meanwhile
+            assert response.outputs["probabilities"].shape == (1, 2)
+        assert _frames()[0] == frames + 1, "the six requests left in one frame"
+        assert not slow.done() and gate.batches == [1]
+        cancelled.cancel()
+        workers = tree.executor.desk.workers.values()
+        await wait_until_async(
+            lambda: any(worker.cancelled for worker in workers),
+            what="the cancel to reach the executor",
+        )
+    finally:
+        gate.open.set()
+    assert (await slow).outputs["probabilities"].shape == (1, 10)
+    await wait_until_async(lambda: not _batcher_queued(tree), what="the cancelled one to leave")
+    assert gate.batches == [1], "the cancelled request never ran"
 
 
 async def test_identical_requests_on_two_workers_run_once(
