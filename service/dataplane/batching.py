@@ -27,7 +27,9 @@ from service.dataplane.shedding import WaitEstimator
 from service.errors import BadRequest, InferenceError, Internal, Overloaded, Timeout, Unavailable
 from service.messages import Array, Tensors
 from service.models.version import ModelVersion, Submission
+from service.observability import requestlog
 from service.observability.statistics import ModelStats
+from service.observability.timing import Timing, watch_batch
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class Pending:
     deadline_ns: int  # 0 = no deadline
     client_gone: Callable[[], bool] | None = None
     tokens: int = 0  # padded sequence length of each row (token budget; 0 = not counted)
+    timing: Timing | None = None  # traced or logged: its times and trace context
 
 
 @dataclass(slots=True)
@@ -149,6 +152,7 @@ class DynamicBatcher:
                 deadline,
                 submission.client_gone,
                 submission.tokens,
+                submission.timing,
             )
         )
         self.queued += 1
@@ -331,13 +335,19 @@ class DynamicBatcher:
     async def _run_batch(self, batch: list[Pending]) -> None:
         model = self.model
         started = time.perf_counter_ns()
+        watch = None
+        if requestlog.ACTIVE:  # traced or logged requests in it: their spans and times
+            watch = watch_batch(model.name, model.version, batch, started)
         mark = self.wait.started()
         inputs = self._merge(batch)
         merged = time.perf_counter_ns()
-        outputs = await model.backend.execute(inputs, model.output_names)
+        execution = model.backend.execute(inputs, model.output_names)
+        outputs = await (execution if watch is None else watch.run(execution))
         executed = time.perf_counter_ns()
         self._split(batch, outputs)
         finished = time.perf_counter_ns()
+        if watch is not None:
+            watch.finish(finished)
         rows = sum(p.rows for p in batch) if model.batches else 1
         self.wait.finished(mark, rows)
         input_ns, infer_ns, output_ns = merged - started, executed - merged, finished - executed

@@ -33,6 +33,7 @@ from service.models.repository import IndexRow, ModelRepository, RepositoryView
 from service.models.sources import make_source
 from service.models.tokenizer import TokenizedItem, truncate_parameter
 from service.models.version import ModelVersion, Submission
+from service.observability import requestlog
 from service.observability.metrics import ModelCounters, registry_text
 from service.observability.metrics import render as render_metrics
 from service.protocol.text import (
@@ -185,6 +186,7 @@ class DataPlane:
     ) -> tuple[Work, Tensors]:
         """The pass, top to bottom; statistics count every request that got this far."""
         started = time.perf_counter_ns()
+        record = requestlog.entered(model.name, model.version) if requestlog.ACTIVE else None
         try:
             items = await self._tokens(model, request)
             work = self._validate(model, request, items)
@@ -194,6 +196,8 @@ class DataPlane:
             model.stats.record_failure(time.perf_counter_ns() - started)
             raise
         model.stats.record_success(time.perf_counter_ns() - started)
+        if record is not None:  # traced or logged: the pass ends, encoding begins
+            record.served(work.rows)
         return work, outputs
 
     async def _tokens(
@@ -309,5 +313,6 @@ def _submit(
             request.client_gone,
             admitted.tokens,
             key,
+            requestlog.scheduled() if requestlog.ACTIVE else None,
         )
     )

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from service.backends.base import Backend
     from service.models.tokenizer import TextTokenizer
+    from service.observability.timing import Timing
 
 
 class ModelState(StrEnum):
@@ -77,6 +78,8 @@ class Submission:
     client_gone: Callable[[], bool] | None = None  # True once the client has hung up
     tokens: int = 0  # padded sequence length of each row, counted against the token budget
     key: str | None = None  # cache key: a shared executor runs identical requests once
+    #: traced or in the request log: its trace context, and where its batcher notes its times
+    timing: Timing | None = None
 
 
 class Scheduler(Protocol):

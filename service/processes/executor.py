@@ -42,6 +42,7 @@ from service.observability.metrics import (
     registry_text,
 )
 from service.observability.statistics import merge_statistics
+from service.observability.timing import Timing, timed
 from service.processes.ipc import Channel, listen
 from service.processes.wire import EntryInfo, Snapshot, SubmitCall, VersionInfo
 from service.security.policy import Principal
@@ -187,6 +188,7 @@ class Executor:
             call.timeout_us,
             lambda: all(self._gone(one) for one in watchers),
             call.tokens,
+            timing=None if call.trace is None else Timing(call.trace),
         )
         future = model.scheduler.submit(submission)
         if call.key is not None:
@@ -195,6 +197,8 @@ class Executor:
             future.add_done_callback(lambda _: self._land(key, flight))
         elif watcher is not None:
             future.add_done_callback(lambda _: self._forget(watcher))
+        if submission.timing is not None:  # the worker wants its times back
+            return timed(future, submission.timing)
         return future
 
     def _gone(self, watcher: tuple[Channel, int] | None) -> bool:

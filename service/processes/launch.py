@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from service.frontends.serve import install_loop, serve
+from service.observability import requestlog
 from service.observability.logs import configure_logging
 from service.processes.supervisor import supervise
 from service.settings import Settings
@@ -14,7 +15,11 @@ from service.settings import Settings
 def run(settings: Settings) -> None:
     configure_logging(settings)
     if settings.worker_count() > 1:
-        supervise(settings)
+        supervise(settings)  # each child sets up its own tracing and request log
         return
     install_loop()
-    asyncio.run(serve(settings))
+    requestlog.configure(settings)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        requestlog.shutdown()  # export the spans still queued

@@ -52,3 +52,6 @@ class SubmitCall(NamedTuple):
     tokens: int
     key: str | None  # cache key: identical requests in flight share one execution
     watched: bool  # the worker will send "cancel" if the client hangs up
+    #: traced or logged: the W3C traceparent its queue and compute spans continue ("" = times
+    #: only), answered with ``service.observability.requestlog.TimedOutputs``; None = neither
+    trace: str | None

@@ -142,7 +142,11 @@ class RemoteScheduler:
     def submit(self, submission: Submission) -> asyncio.Future[Outputs]:
         s, gone = submission, submission.client_gone
         call = (self.name, self.version, s.inputs, s.rows, s.signature, s.priority, s.timeout_us)
-        return self.link.submit((*call, s.tokens, s.key, gone is not None), gone)
+        trace = None if s.timing is None else s.timing.traceparent
+        future = self.link.submit((*call, s.tokens, s.key, gone is not None, trace), gone)
+        if s.timing is not None:
+            future.add_done_callback(s.timing.received)  # the times the executor measured
+        return future
 
     async def close(self) -> None:
         return None
