@@ -18,7 +18,7 @@ from service.cache.metrics import CACHE_COALESCED, CACHE_SKIPPED
 from service.cache.redis_store import RedisStore
 from service.cache.stores import LocalStore, RateLimitedLog, Store, TieredStore
 from service.messages import Array, InferRequest, Tensors
-from service.observability import requestlog
+from service.observability import requestlog, tracing
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class ResponseCache:
         start = time.perf_counter_ns()
         raw = await self._lookup(key)
         if requestlog.ACTIVE:
-            requestlog.step("cache lookup", start, {"infergate.cache.hit": raw is not None})
+            requestlog.step("cache lookup", start, {tracing.CACHE_HIT: raw is not None})
         if raw is not None:
             try:
                 outputs = codec.decode(raw)

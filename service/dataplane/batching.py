@@ -335,9 +335,7 @@ class DynamicBatcher:
     async def _run_batch(self, batch: list[Pending]) -> None:
         model = self.model
         started = time.perf_counter_ns()
-        watch = None
-        if requestlog.ACTIVE:  # traced or logged requests in it: their spans and times
-            watch = watch_batch(model.name, model.version, batch, started)
+        watch = watch_batch(model, batch, started) if requestlog.ACTIVE else None
         mark = self.wait.started()
         inputs = self._merge(batch)
         merged = time.perf_counter_ns()

@@ -26,7 +26,7 @@ from tritonclient.grpc import model_config_pb2
 from service import parameters
 from service.errors import BadRequest
 from service.messages import Array
-from service.observability import requestlog
+from service.observability import requestlog, tracing
 
 TOKENIZER_FILE = "tokenizer.json"
 #: the graph inputs a tokenizer can feed (a model may take a subset, input_ids always)
@@ -123,7 +123,7 @@ class TextTokenizer:
             return await asyncio.to_thread(self.encode_sync, texts, truncate)
         started = time.perf_counter_ns()
         items = await asyncio.to_thread(self.encode_sync, texts, truncate)
-        requestlog.step("tokenize", started, {"infergate.texts": len(texts)})
+        requestlog.step("tokenize", started, {tracing.TEXTS: len(texts)})
         return items
 
     def from_ids(self, index: int, ids: Sequence[int], truncate: bool) -> TokenizedItem:

@@ -150,19 +150,19 @@ class RequestRecord:
             tracing.record("encode", tracing.child_of(span), span, encoding, sent)
         attributes = self.attributes
         if self.model:
-            attributes["infergate.model"] = self.model
+            attributes[tracing.MODEL] = self.model
         if self.version:
-            attributes["infergate.model_version"] = self.version
+            attributes[tracing.MODEL_VERSION] = self.version
         if self.rows is not None:
-            attributes["infergate.rows"] = self.rows
+            attributes[tracing.ROWS] = self.rows
         if self.cache is not None:
-            attributes["infergate.cache"] = self.cache
+            attributes[tracing.CACHE] = self.cache
         if self.grpc_code is None:
             attributes["http.response.status_code"] = self.status
         else:
             attributes["rpc.grpc.status_code"] = int(self.grpc_code.value[0])
         if self.error is not None:
-            attributes["infergate.error"] = self.error
+            attributes[tracing.ERROR] = self.error
         failed = None
         if self.status >= 500:  # the server's fault (a 4xx is the client's)
             code = self.grpc_code.name if self.grpc_code is not None else str(self.status)
@@ -182,8 +182,9 @@ class RequestRecord:
 
     def entry(self, answered: int) -> dict[str, object]:
         """The request-log line: what happened, never what was sent."""
-        queue = max((part.queue_ns for part in self.parts), default=-1)
-        compute = max((part.compute_ns for part in self.parts), default=-1)
+        queue = compute = -1
+        for part in self.parts:  # a text request's items: the longest
+            queue, compute = max(queue, part.queue_ns), max(compute, part.compute_ns)
         entry: dict[str, object] = {
             "time": _iso_time(self.start_ns),
             "trace_id": self.trace_id,

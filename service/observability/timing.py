@@ -90,15 +90,21 @@ class Queued(Protocol):
     rows: int
 
 
-def watch_batch(
-    model: str, version: str, batch: Sequence[Queued], started: int
-) -> BatchWatch | None:
-    """What the batch about to run notes for its observed requests; None when it has none."""
+class Versioned(Protocol):
+    """The model version a batch runs (``ModelVersion``)."""
+
+    name: str
+    version: str
+
+
+def watch_batch(model: Versioned, batch: Sequence[Queued], started: int) -> BatchWatch | None:
+    """What the batch about to run notes for its observed requests (traced or logged); None
+    when it has none."""
     timings = [(pending.timing, pending.enqueued_ns) for pending in batch if pending.timing]
     if not timings:
         return None
     rows = sum(pending.rows for pending in batch)
-    return BatchWatch(model, version, rows, len(batch), timings, started)
+    return BatchWatch(model.name, model.version, rows, len(batch), timings, started)
 
 
 class BatchWatch:
@@ -124,10 +130,10 @@ class BatchWatch:
         if self.parents and tracing.ENABLED:
             self.span = tracing.child_of(self.parents[0])
             self.attributes: tracing.Attributes = {
-                "infergate.model": model,
-                "infergate.model_version": version,
-                "infergate.batch.rows": rows,
-                "infergate.batch.requests": requests,
+                tracing.MODEL: model,
+                tracing.MODEL_VERSION: version,
+                tracing.BATCH_ROWS: rows,
+                tracing.BATCH_REQUESTS: requests,
             }
 
     async def run(self, work: Awaitable[T]) -> T:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from service.frontends.serve import install_loop, serve
-from service.observability import requestlog
+from service.observability import requestlog, tracing
 from service.observability.logs import configure_logging
 from service.processes.supervisor import supervise
 from service.settings import Settings
@@ -14,6 +14,7 @@ from service.settings import Settings
 
 def run(settings: Settings) -> None:
     configure_logging(settings)
+    tracing.destination(settings)  # a bad OTEL_EXPORTER_OTLP_PROTOCOL stops here, before forks
     if settings.worker_count() > 1:
         supervise(settings)  # each child sets up its own tracing and request log
         return
