@@ -11,18 +11,12 @@ authorization wrapper, it also sees the calls that are refused.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
 
 import orjson
 
+from service.frontends.rest.auth import App, Message, Receive, Scope, Send
 from service.observability import requestlog, tracing
 from service.security.policy import CURRENT as PRINCIPAL
-
-Scope = MutableMapping[str, object]
-Message = MutableMapping[str, object]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def observed(app: App) -> App:
