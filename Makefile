@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	# torch==2.13.0 CPU build first: any other resolution pulls GBs of CUDA wheels.
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[torch,sklearn,keras,embed,loadtest,triton,dev]"
+	# KServe's client for the client tests, without its server's pins (see the dev extra)
+	$(PIP) install -q --no-deps "kserve==0.21.0"
 	@command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
 	@command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk) || true
 	touch $(STAMP)

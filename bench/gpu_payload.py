@@ -2,10 +2,11 @@
 
 The GPU machine has Python 3.12 with numpy, onnx, grpcio, protobuf, prometheus-client, typer,
 rich, httpx, xxhash, pyyaml, aiohttp, uvloop (and torch), but not the gateway's web stack,
-pydantic, tritonclient (+ python-rapidjson), opentelemetry-api, redis or onnxruntime-gpu. This
-tool downloads cp312 manylinux wheels for exactly those (versions pinned to the ones the test
-suite runs with), installs them into a ``site`` folder that goes first on ``PYTHONPATH`` there,
-builds the benchmark models, and packs everything into <=60 MiB parts (one per device call).
+pydantic, tritonclient (+ python-rapidjson), OpenTelemetry (API, SDK, OTLP exporters), redis or
+onnxruntime-gpu. This tool downloads cp312 manylinux wheels for exactly those (versions pinned to
+the ones the test suite runs with), installs them into a ``site`` folder that goes first on
+``PYTHONPATH`` there, builds the benchmark models, and packs everything into <=60 MiB parts (one
+per device call).
 
 ``dry-run`` proves the import closure on this machine: an empty Python 3.12 venv gets only what
 the GPU machine already has (plus the CPU onnxruntime standing in for onnxruntime-gpu), the
@@ -67,6 +68,17 @@ MISSING = [
     "tritonclient",
     "python-rapidjson",
     "opentelemetry-api",
+    # tracing (--otlp-endpoint); redis-py imports the SDK too, whenever it is installed
+    "opentelemetry-sdk",
+    "opentelemetry-semantic-conventions",
+    "opentelemetry-proto",
+    "opentelemetry-exporter-otlp-common",
+    "opentelemetry-exporter-otlp-proto-common",
+    "opentelemetry-exporter-otlp-proto-grpc",
+    "opentelemetry-exporter-otlp-proto-http",
+    "opentelemetry-exporter-http-transport",
+    "googleapis-common-protos",
+    "psutil",  # imported by opentelemetry-sdk's resources
     "redis",
     "hiredis",
     "nvidia-ml-py",

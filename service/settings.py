@@ -222,6 +222,34 @@ class Settings(BaseSettings):
         default=2.0, description="after Redis fails, seconds before it is tried again"
     )
 
+    # --- observability -----------------------------------------------------------------------
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector that receives traces, e.g. http://collector:4317 "
+        "(http:// = plaintext, https:// = TLS); unset = OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, and without those no tracing",
+    )
+    otlp_protocol: Literal["grpc", "http/protobuf"] | None = Field(
+        default=None,
+        description="OTLP transport; unset = OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or "
+        "OTEL_EXPORTER_OTLP_PROTOCOL, else grpc",
+    )
+    trace_rate: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of requests traced when tracing is on; parent-based: a request "
+        "whose traceparent is sampled is traced, one whose traceparent is not is not",
+    )
+    request_log: bool = Field(
+        default=False,
+        description="one JSON line per inference request on stdout (time, trace id, key id, "
+        "model, version, status, rows, queue and compute µs, cache); never the tensors",
+    )
+    request_log_rate: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="fraction of inference requests the log writes"
+    )
+
     @field_validator(
         "triton_url",
         "execution_providers",

@@ -12,6 +12,7 @@ import pytest
 
 from service import parameters
 from service.cli import reference
+from service.observability import tracing
 from tests.helpers import ROOT
 
 PACKAGES = ("service", "converters", "loadtest")
@@ -76,16 +77,26 @@ def _key_literals(path: Path) -> list[str]:
 
 
 def test_every_config_key_is_declared_once_and_read_through_the_registry() -> None:
+    """``infergate.*`` strings are config.pbtxt keys (``service/parameters.py``), or the names
+    of the gateway's span attributes, each declared once in ``service/observability/tracing.py``
+    and used through its constants."""
+    attributes = ROOT / "service" / "observability" / "tracing.py"
     spelled = {path: _key_literals(path) for path in _modules("service", "converters")}
     undeclared = {
         str(path.relative_to(ROOT)): key
         for path, keys in spelled.items()
         for key in keys
-        if key not in parameters.KEYS
+        if key not in (tracing.ATTRIBUTES if path == attributes else parameters.KEYS)
     }
     assert not undeclared, undeclared
+    named = _key_literals(attributes)
+    assert sorted(named) == sorted(tracing.ATTRIBUTES), "each attribute spelled once, all listed"
     registry = ROOT / "service" / "parameters.py"
-    outside = [p.name for p, keys in spelled.items() if keys and p.parts[-2] != "converters"]
+    outside = [
+        p.name
+        for p, keys in spelled.items()
+        if keys and p.parts[-2] != "converters" and p != attributes
+    ]
     assert outside == [registry.name], f"keys spelled outside the registry: {outside}"
 
 

@@ -18,6 +18,7 @@ from service.cache.metrics import CACHE_COALESCED, CACHE_SKIPPED
 from service.cache.redis_store import RedisStore
 from service.cache.stores import LocalStore, RateLimitedLog, Store, TieredStore
 from service.messages import Array, InferRequest, Tensors
+from service.observability import requestlog, tracing
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -169,6 +170,8 @@ class ResponseCache:
         (outputs, hit), joined = await self._coalescer.run(
             key, lambda: self._resolve(key, model, version, compute)
         )
+        if requestlog.ACTIVE:
+            requestlog.cached(hit or joined)
         if joined:
             self._record_hit(model, version, time.perf_counter_ns() - start)
             CACHE_COALESCED.labels(model=model, version=version).inc()
@@ -180,6 +183,8 @@ class ResponseCache:
     ) -> tuple[Outputs, bool]:
         start = time.perf_counter_ns()
         raw = await self._lookup(key)
+        if requestlog.ACTIVE:
+            requestlog.step("cache lookup", start, {tracing.CACHE_HIT: raw is not None})
         if raw is not None:
             try:
                 outputs = codec.decode(raw)

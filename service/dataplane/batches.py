@@ -12,6 +12,7 @@ import numpy as np
 
 from service.errors import Internal
 from service.messages import Array, Tensors
+from service.observability.timing import Timing
 
 Outputs = Tensors
 
@@ -37,6 +38,7 @@ class Pending:
     deadline_ns: int  # 0 = no deadline
     client_gone: Callable[[], bool] | None = None
     tokens: int = 0  # padded sequence length of each row (token budget; 0 = not counted)
+    timing: Timing | None = None  # traced or logged: its times and trace context
 
 
 def merge(batch: list[Pending], pad_inputs: frozenset[str], pad_values: dict[str, int]) -> Tensors:

@@ -22,7 +22,9 @@ from service.dataplane.batches import Outputs, Pending, Sink, merge, split
 from service.dataplane.shedding import Figures, QueuePolicy, Shedder
 from service.errors import BadRequest, InferenceError, Internal, Overloaded, Timeout, Unavailable
 from service.models.version import ModelVersion, Submission
+from service.observability import requestlog
 from service.observability.statistics import ModelStats
+from service.observability.timing import watch_batch
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,7 @@ class DynamicBatcher:
             deadline,
             submission.client_gone,
             tokens,
+            submission.timing,
         )
         queue.append(pending)
         self.queued += 1
@@ -357,16 +360,20 @@ class DynamicBatcher:
     async def _run_batch(self, batch: list[Pending]) -> None:
         model = self.model
         started = time.perf_counter_ns()
+        watch = watch_batch(model, batch, started) if requestlog.ACTIVE else None
         mark = self.wait.started()
         inputs = merge(batch, self.model.pad_inputs, self.model.pad_values)
         merged = time.perf_counter_ns()
         backend = model.backend
-        if backend.runs_inline and self.batch_s < INLINE_BELOW_S:
+        if watch is None and backend.runs_inline and self.batch_s < INLINE_BELOW_S:
             outputs = backend.run(inputs, model.output_names)
         else:
-            outputs = await backend.execute(inputs, model.output_names)
+            execution = backend.execute(inputs, model.output_names)
+            outputs = await (execution if watch is None else watch.run(execution))
         executed = time.perf_counter_ns()
         self.batch_s += 0.2 * ((executed - merged) / 1e9 - self.batch_s)
+        if watch is not None:  # its requests' times are noted before they are answered
+            watch.finish(executed)
         split(batch, outputs)
         finished = time.perf_counter_ns()
         rows = sum(p.rows for p in batch) if model.batches else 1

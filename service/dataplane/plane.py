@@ -34,6 +34,7 @@ from service.models.repository import IndexRow, ModelRepository, RepositoryView
 from service.models.sources import make_source
 from service.models.tokenizer import TokenizedItem, truncate_parameter
 from service.models.version import ModelVersion, Submission
+from service.observability import requestlog
 from service.observability.metrics import STATISTICS_SINCE, ModelCounters, registry_text
 from service.observability.metrics import render as render_metrics
 from service.protocol.text import (
@@ -188,6 +189,7 @@ class DataPlane:
     ) -> tuple[Work, Tensors]:
         """The pass, top to bottom; statistics count every request that got this far."""
         started = time.perf_counter_ns()
+        record = requestlog.entered(model.name, model.version) if requestlog.ACTIVE else None
         try:
             items = await self._tokens(model, request)
             work = self._validate(model, request, items)
@@ -199,6 +201,8 @@ class DataPlane:
         arrival = request.arrival_ns
         stay_ns = time.monotonic_ns() - arrival if arrival else 0
         model.stats.record_success(time.perf_counter_ns() - started, stay_ns)
+        if record is not None:  # traced or logged: the pass ends, encoding begins
+            record.served(work.rows)
         return work, outputs
 
     async def _admit(self, model: ModelVersion, work: Work) -> None:
@@ -335,5 +339,6 @@ def _submit(
             key,
             request.arrival_ns,
             admitted=whole,
+            timing=requestlog.scheduled() if requestlog.ACTIVE else None,
         )
     )

@@ -13,6 +13,7 @@ never holds up the event loop.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from tritonclient.grpc import model_config_pb2
 from service import parameters
 from service.errors import BadRequest
 from service.messages import Array
+from service.observability import requestlog, tracing
 
 TOKENIZER_FILE = "tokenizer.json"
 #: the graph inputs a tokenizer can feed (a model may take a subset, input_ids always)
@@ -117,7 +119,12 @@ class TextTokenizer:
     async def encode(self, texts: Sequence[str], truncate: bool) -> list[TokenizedItem]:
         """Token ids per text, cut to ``max_length`` (or 400 for a longer one unless
         ``truncate``). Runs on a worker thread: the Rust encoder releases the GIL."""
-        return await asyncio.to_thread(self.encode_sync, texts, truncate)
+        if not requestlog.ACTIVE:
+            return await asyncio.to_thread(self.encode_sync, texts, truncate)
+        started = time.perf_counter_ns()
+        items = await asyncio.to_thread(self.encode_sync, texts, truncate)
+        requestlog.step("tokenize", started, {tracing.TEXTS: len(texts)})
+        return items
 
     def from_ids(self, index: int, ids: Sequence[int], truncate: bool) -> TokenizedItem:
         """A client's own token ids (the model's vocabulary, special tokens included)."""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from service.backends.base import Backend
     from service.models.tokenizer import TextTokenizer
+    from service.observability.timing import Timing
 
 
 class ModelState(StrEnum):
@@ -111,6 +112,8 @@ class Submission:
     key: str | None = None  # cache key: a shared executor runs identical requests once
     arrival_ns: int = 0  # time.monotonic_ns() at the front end: the budget covers the whole stay
     admitted: bool = False  # its request was admitted as a whole (Scheduler.admit) already
+    #: traced or in the request log: its trace context, and where its batcher notes its times
+    timing: Timing | None = None
 
 
 class Scheduler(Protocol):

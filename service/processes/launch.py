@@ -10,6 +10,7 @@ import os
 
 from service.frontends.serve import install_loop, serve
 from service.host import cpu_quota, usable_cores
+from service.observability import requestlog, tracing
 from service.observability.logs import configure_logging
 from service.processes.supervisor import supervise
 from service.settings import Settings
@@ -19,6 +20,7 @@ log = logging.getLogger("infergate")
 
 def run(settings: Settings) -> None:
     configure_logging(settings)
+    tracing.destination(settings)  # a bad OTEL_EXPORTER_OTLP_PROTOCOL stops here, before forks
     workers = settings.worker_count()
     quota = cpu_quota()
     log.info(
@@ -30,8 +32,12 @@ def run(settings: Settings) -> None:
         "one process" if workers == 1 else f"{workers} front-end workers and an executor",
     )
     if workers > 1:
-        supervise(settings)
+        supervise(settings)  # each child sets up its own tracing and request log
         return
     log.info("process layout: one process, pid %d (front ends, data plane, models)", os.getpid())
     install_loop()
-    asyncio.run(serve(settings))
+    requestlog.configure(settings)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        requestlog.shutdown()  # export the spans still queued

@@ -26,6 +26,7 @@ from service.errors import InferenceError
 from service.models.repository import RepositoryView
 from service.models.version import Submission
 from service.observability.metrics import FRAME_REQUESTS
+from service.observability.timing import TimedOutputs, Timing
 from service.processes.ipc import Channel, error_payload
 from service.processes.wire import RequestEntry
 from service.settings import Settings
@@ -47,7 +48,7 @@ class Worker:
 class Answer:
     """One worker's request: the sink its batcher resolves, answered in the next frame."""
 
-    __slots__ = ("desk", "worker", "request_id", "batcher", "shared", "answered")
+    __slots__ = ("desk", "worker", "request_id", "batcher", "shared", "answered", "timing")
 
     def __init__(
         self, desk: Desk, worker: Worker, request_id: int, batcher: DynamicBatcher | None
@@ -58,6 +59,7 @@ class Answer:
         self.batcher = batcher
         self.shared = False  # joined another request's execution: a cache hit for its worker
         self.answered = False
+        self.timing: Timing | None = None  # traced or logged: its times go back with it
 
     def done(self) -> bool:
         return self.answered
@@ -68,6 +70,9 @@ class Answer:
 
     def set_result(self, result: Outputs, /) -> None:
         self._settle()
+        timing = self.timing
+        if timing is not None:
+            result = TimedOutputs(result, timing.queue_ns, timing.compute_ns)
         self.worker.answers.append((self.request_id, result, self.shared))
 
     def set_exception(self, exception: BaseException, /) -> None:
@@ -173,6 +178,8 @@ class Desk:
                 flight.join(answer)
                 return
             sink = Flight(self, key, answer)
+        timing = None if entry.trace is None else Timing(entry.trace)
+        answer.timing = timing
         submission = Submission(
             entry.inputs,
             entry.rows,
@@ -184,6 +191,7 @@ class Desk:
             None,
             entry.arrival_ns,
             entry.admitted,
+            timing,
         )
         batcher.enqueue(submission, sink)
         if isinstance(sink, Flight):

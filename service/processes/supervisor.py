@@ -25,6 +25,7 @@ from pathlib import Path
 
 from service.frontends.rest.connections import ConnectionTally
 from service.frontends.serve import WorkerPlace, bind_http_socket, install_loop, serve
+from service.observability import requestlog
 from service.observability.logs import configure_logging
 from service.settings import Settings
 
@@ -82,12 +83,14 @@ class ProcessTree:
         try:
             _become_child(self.pid)
             configure_logging(self.settings, role)
+            requestlog.configure(self.settings, role)  # after the fork: the exporter's thread
             install_loop()
             main()
             code = 0
         except BaseException:
             logging.getLogger("infergate").exception("%s failed", role)
         finally:
+            requestlog.shutdown()  # export the spans still queued
             logging.shutdown()
             os._exit(code)
 

@@ -57,6 +57,9 @@ class RequestEntry(NamedTuple):
     key: str | None  # cache key: identical requests in flight share one execution
     arrival_ns: int  # time.monotonic_ns() at the worker's front end (one clock for both)
     admitted: bool  # admitted as a whole already (an "admit" call for a request of many parts)
+    #: traced or logged: the W3C traceparent its queue and compute spans continue ("" = times
+    #: only), answered with ``service.observability.timing.TimedOutputs``; None = neither
+    trace: str | None
 
 
 #: one ``answers`` frame: (request id, outputs, shared with another request's execution),

@@ -64,8 +64,12 @@ class RemoteScheduler:
         s = submission
         call = (self.name, self.version, s.inputs, s.rows, s.signature, s.priority, s.timeout_us)
         nbytes = sum(array.nbytes for array in s.inputs.values())
-        entry = (*call, s.tokens, s.key, s.arrival_ns, s.admitted)
-        return self.link.submit(entry, nbytes, s.client_gone)
+        trace = None if s.timing is None else s.timing.traceparent
+        entry = (*call, s.tokens, s.key, s.arrival_ns, s.admitted, trace)
+        future = self.link.submit(entry, nbytes, s.client_gone)
+        if s.timing is not None:
+            future.add_done_callback(s.timing.received)  # the times the executor measured
+        return future
 
     def refusal(
         self, rows: int, units: int, priority: int = 0, timeout_us: int = 0, arrival_ns: int = 0

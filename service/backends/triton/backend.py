@@ -6,7 +6,9 @@ one retry on another replica).
 
 Settings used: ``triton_url`` (one per replica, HOST:PORT of its gRPC or HTTP endpoint),
 ``triton_protocol`` (``grpc`` preferred, ``http``), ``triton_health_interval_s`` and, when the
-settings define it, ``triton_timeout_s`` (per-call client timeout, default 30 s).
+settings define it, ``triton_timeout_s`` (per-call client timeout, default 30 s). With tracing on,
+a traced batch carries its compute span's W3C ``traceparent`` to Triton (HTTP header or gRPC
+metadata), so Triton's own spans (``--trace-config mode=opentelemetry``) join the trace.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tritonclient.utils import np_to_triton_dtype
 from service.backends.base import Backend
 from service.backends.triton.replicas import Replica, ReplicaPool
 from service.messages import Tensors
+from service.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ class TritonBackend(Backend):
     async def execute(self, inputs: Tensors, output_names: list[str]) -> Tensors:
         infer_inputs, requested = self._request(inputs, output_names)
         timeout_s = self.pool.timeout_s
+        headers = tracing.outgoing_headers()  # the batch's compute span, when it is traced
 
         async def infer(replica: Replica) -> Any:
             if self._grpc:
@@ -71,9 +75,14 @@ class TritonBackend(Backend):
                     model_version=self.version,
                     outputs=requested,
                     client_timeout=timeout_s,
+                    headers=headers,
                 )
             return await replica.client.infer(
-                self.model, infer_inputs, model_version=self.version, outputs=requested
+                self.model,
+                infer_inputs,
+                model_version=self.version,
+                outputs=requested,
+                headers=headers,
             )
 
         result = await self.pool.call(self.model, self.version, infer)

@@ -22,7 +22,9 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from service.errors import as_inference_error
 from service.frontends.grpc.auth import interceptors
 from service.frontends.grpc.codec import decode_request, encode_response, parameters_to_dict
+from service.frontends.grpc.observe import observed
 from service.frontends.tls import grpc_credentials
+from service.observability import requestlog
 from service.protocol.tensors import binary_work
 
 if TYPE_CHECKING:
@@ -114,6 +116,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
+        if requestlog.ACTIVE:  # traced or logged
+            return await _guard(context, observed, self._infer, request, context, "ModelInfer")
         return await _guard(context, self._infer, request)
 
     async def ModelStreamInfer(
@@ -128,7 +132,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         pending: set[asyncio.Task[None]] = set()
 
         async def answer(request: pb.ModelInferRequest) -> None:
-            await done.put(await self._stream_one(request))
+            await done.put(await self._stream_one(request, context))
 
         async def read() -> None:
             try:
@@ -163,9 +167,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             message.parameters[_FINAL].bool_param = True
         return message
 
-    async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+    async def _stream_one(
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> pb.ModelStreamInferResponse:
         try:
-            return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            if requestlog.ACTIVE:  # traced or logged
+                response = await observed(self._infer, request, context, "ModelStreamInfer")
+            else:
+                response = await self._infer(request)
+            return pb.ModelStreamInferResponse(infer_response=response)
         except Exception as exc:  # one failed request must not end the stream
             error = as_inference_error(exc).message
         echo = pb.ModelInferResponse(

@@ -34,6 +34,7 @@ from service.errors import (
 from service.frontends.rest import openai, routes, schema
 from service.frontends.rest.auth import App, protect
 from service.frontends.rest.codec import decode_request, decompress, encode_response
+from service.frontends.rest.observe import observed
 from service.host import release_memory
 from service.protocol.tensors import binary_work
 
@@ -302,4 +303,4 @@ def build_app(dataplane: DataPlane, connection_count: Callable[[], int] | None =
     openai.mount(api, dataplane)
     endpoint = InferEndpoint(dataplane, api)
     endpoint.connection_count = connection_count
-    return protect(endpoint, dataplane.admission.http, _send_error)
+    return observed(protect(endpoint, dataplane.admission.http, _send_error))

@@ -34,9 +34,10 @@ def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def _status(ok: bool, failed: int = 503) -> Response:
-    """Health and readiness answer with the status alone, as Triton does."""
-    return Response(status_code=200 if ok else failed)
+def _health(field: str, ok: bool, failed: int = 503, **extra: str) -> Response:
+    """Health and readiness: the status, as Triton answers (tritonclient reads only that), and
+    the body KServe's servers send (``{"live": true}``; KServe's client reads that)."""
+    return _json({**extra, field: ok}, 200 if ok else failed)
 
 
 async def _optional_json(request: Request) -> JsonObject:
@@ -55,11 +56,11 @@ def mount(api: FastAPI, dataplane: DataPlane) -> None:
 def _health_and_metadata(api: FastAPI, dataplane: DataPlane) -> None:
     @api.get("/v2/health/live")
     async def live() -> Response:
-        return _status(dataplane.live())
+        return _health("live", dataplane.live())
 
     @api.get("/v2/health/ready")
     async def ready() -> Response:
-        return _status(dataplane.ready())
+        return _health("ready", dataplane.ready())
 
     @api.get("/v2")
     async def server_metadata() -> Response:
@@ -80,7 +81,7 @@ def _per_model(api: FastAPI, dataplane: DataPlane) -> None:
         return _json(dataplane.model_metadata(model, version))
 
     async def model_ready(model: str, version: str = "") -> Response:
-        return _status(dataplane.model_ready(model, version), failed=400)
+        return _health("ready", dataplane.model_ready(model, version), 400, name=model)
 
     async def model_config(model: str, version: str = "") -> Response:
         return _json(message_to_json(dataplane.model_config(model, version)))
