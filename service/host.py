@@ -4,6 +4,8 @@ Small and dependency-free on purpose: the converters and the load tester ask it 
 
 - ``cuda_gpu_count`` asks the CUDA driver itself (no framework import).
 - ``usable_cores`` lowers the CPU affinity by a cgroup v2 quota (a container's limit).
+- ``resident_bytes`` reads the process's resident set (RSS) from ``/proc/self/statm``: what a
+  model's load measurably costs (``service.models.footprint``).
 - glibc keeps freed heap pages for reuse, so one hostile 60 MB body would leave the process that
   much bigger for good; ``release_memory`` returns them (elsewhere, musl or macOS, it does
   nothing). ``tune_gc`` sets the garbage collector for many short-lived objects around
@@ -45,6 +47,15 @@ def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     if quota == "max":
         return cores
     return max(1, min(cores, -(-int(quota) // int(period))))  # rounded up, as Kubernetes does
+
+
+def resident_bytes() -> int:
+    """This process's resident set size in bytes (0 where ``/proc`` is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 @functools.cache
