@@ -49,10 +49,10 @@ def test_every_setting_can_come_from_the_environment(example_repo):
 
 
 def arrivals(base_url: str) -> tuple[int, int]:
-    """(pending, succeeded) requests of minilm_embed v2, from the gateway's metrics."""
+    """(pending, succeeded) requests of minilm_embed v1, from the gateway's metrics."""
     pattern = re.compile(
         r"nv_inference_(pending_request_count|request_success)"
-        r'\{model="minilm_embed",version="2"\} (\d+)'
+        r'\{model="minilm_embed",version="1"\} (\d+)'
     )
     values = dict(pattern.findall(httpx.get(f"{base_url}/metrics").text))
     return int(values.get("pending_request_count", 0)), int(values.get("request_success", 0))
