@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -41,6 +42,8 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 NEVER_LOADED = "unloaded (loads on its first request)"
+#: how often a load waiting for room checks whether a busy model has finished its work
+BUSY_POLL_S = 0.005
 
 
 class Dormant(Backend):
@@ -54,6 +57,19 @@ class Dormant(Backend):
 
     def healthy(self) -> bool:
         return False
+
+
+def _collect() -> None:
+    """Free what an evicted version leaves in reference cycles (a cancelled batcher's last batch,
+    whose outputs hold ONNX Runtime's arena), then give the heap's free pages back."""
+    gc.collect()
+    release_memory()
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """A load's outcome went to its waiters (if any were left): never "never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 def is_dormant(model: ModelVersion) -> bool:
@@ -128,6 +144,7 @@ class Residency:
         self.measured: dict[str, Footprint] = {}  # the last load of every model loaded once
         self.pinned: set[str] = set()
         self.loads: dict[str, int] = {}  # successful loads per model
+        self.evictions: dict[str, int] = {}  # evictions to make room, per model
         self.waiting: dict[str, int] = {}  # requests waiting for a model's load
         self._loading: dict[str, asyncio.Task[None]] = {}
 
@@ -145,7 +162,7 @@ class Residency:
         task = self._loading.get(name)
         if task is None:
             task = self._loading[name] = asyncio.ensure_future(self._load(name))
-            task.add_done_callback(lambda done: self._loaded_or_not(name, done))
+            task.add_done_callback(_retrieved)
         timeout = self.settings.model_load_timeout_s
         self.waiting[name] = self.waiting.get(name, 0) + 1
         try:
@@ -159,17 +176,15 @@ class Residency:
             self.waiting[name] -= 1
 
     async def _load(self, name: str) -> None:
-        await self.load(name)
+        try:
+            await self.load(name)
+        finally:  # loading no more from now on, before the next load takes the lock
+            if self._loading.get(name) is asyncio.current_task():
+                del self._loading[name]
         if name not in self.resident:
             entry = self.models.get(name)
             reason = entry.reason if entry is not None else "it left the repository"
             raise Unavailable(f"model '{name}' failed to load: {reason}")
-
-    def _loaded_or_not(self, name: str, task: asyncio.Task[None]) -> None:
-        if self._loading.get(name) is task:
-            del self._loading[name]
-        if not task.cancelled():
-            task.exception()  # retrieved: the waiters, if any, got it
 
     # -- around a load (the repository's lock held) --------------------------------------------
     def expected(self, name: str, estimate: Estimate) -> int:
@@ -178,25 +193,31 @@ class Residency:
         return known.host_bytes if known is not None else estimate.disk_bytes
 
     async def make_room(self, name: str, estimate: Estimate) -> None:
-        """Evict until the load fits (on_demand); ValueError when it can never fit or, in the
-        other modes, does not fit now; Unavailable + Retry-After when only busy or pinned models
-        are left to evict."""
+        """Evict until the load fits (on_demand), waiting for busy models to finish their work
+        (at most the load timeout); ValueError when it can never fit or, in the other modes,
+        does not fit now; Unavailable + Retry-After when only pinned models are left to evict,
+        or the busy ones stayed busy."""
         host = self.expected(name, estimate)
         self._fits_at_all(name, host, estimate)
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.model_load_timeout_s
+        deadline = loop.time() + timeout if timeout > 0 else float("inf")
         while (short := self._shortfall(name, host, estimate.gpu_bytes)) is not None:
             device, detail = short
-            victim = self._victim(name, device) if self.on_demand else None
-            if victim is not None:
-                await self.evict(victim, f"evicted to make room for '{name}'")
-                continue
             if not self.on_demand:
                 raise ValueError(detail)
-            holders = ", ".join(sorted(self._holders(name, device))) or "none"
-            raise Unavailable(
-                f"cannot load '{name}' now: {detail}, and every resident model there is pinned "
-                f"or has requests queued or running ({holders}); retry",
-                retry_after_s=self.settings.retry_after_s,
-            )
+            victim, busy = self._victim(name, device)
+            if victim is not None:
+                await self.evict(victim, f"evicted to make room for '{name}'")
+            elif busy and loop.time() < deadline:
+                await asyncio.sleep(BUSY_POLL_S)  # their queued and running work ends soon
+            else:
+                holders = ", ".join(sorted(self._holders(name, device)))
+                raise Unavailable(
+                    f"cannot load '{name}' now: {detail}, and every resident model there is "
+                    f"pinned or has requests queued or running ({holders}); retry",
+                    retry_after_s=self.settings.retry_after_s,
+                )
 
     def _fits_at_all(self, name: str, host: int, estimate: Estimate) -> None:
         if self.budget and host > self.budget:
@@ -241,18 +262,21 @@ class Residency:
             if other != name and (device is None or footprint.gpu_bytes.get(device, 0) > 0)
         ]
 
-    def _victim(self, name: str, device: int | None) -> str | None:
-        """The least recently used idle, unpinned model holding memory where it is short."""
+    def _victim(self, name: str, device: int | None) -> tuple[str | None, bool]:
+        """The least recently used idle, unpinned model holding memory where it is short, and
+        whether others there could go once their work is done."""
         candidates = []
+        busy = False
         for other in self._holders(name, device):
             entry = self.models.get(other)
-            if entry is None or other in self.pinned or other in self._loading:
+            if entry is None or other in self.pinned:
                 continue
-            if any(model.scheduler.pending for model in entry.versions.values()):
-                continue  # queued or running work is never evicted
+            if other in self._loading or any(m.scheduler.pending for m in entry.versions.values()):
+                busy = True  # queued or running work (or a load under way) is never evicted
+                continue
             last = max((model.last_use for model in entry.versions.values()), default=0)
             candidates.append((last, other))
-        return min(candidates)[1] if candidates else None
+        return (min(candidates)[1] if candidates else None), busy
 
     async def loaded(self, entry: ModelEntry, footprint: Footprint, pinned: bool) -> None:
         """A load of ``entry`` succeeded: count its footprint, and if it measured more than was
@@ -270,7 +294,7 @@ class Residency:
             RESIDENT_BYTES.labels(name, f"gpu:{device}").set(grown)
         own = footprint.host_bytes
         while self.budget and (short := self._shortfall(name, own, {})) is not None:
-            victim = self._victim(name, None) if self.on_demand else None
+            victim = self._victim(name, None)[0] if self.on_demand else None
             if victim is None:
                 log.warning("model %s: over the memory budget after its load: %s", name, short[1])
                 return
@@ -293,13 +317,17 @@ class Residency:
         entry.state, entry.reason = ModelState.UNAVAILABLE, f"unloaded ({why}{was})"
         entry.wanted = False
         if footprint is not None and why.startswith("evicted"):
+            self.evictions[name] = self.evictions.get(name, 0) + 1
             MODEL_EVICTIONS.labels(name).inc()
             log.info("model %s %s", name, entry.reason)
-        for scheduler, backend in closing:
+        released = bool(closing)
+        while closing:
+            scheduler, backend = closing.pop()
             await scheduler.close()
             await backend.close()
-        if closing:
-            await asyncio.to_thread(release_memory)  # the next load measures from a true RSS
+            del scheduler, backend  # the sessions go with their last reference
+        if released:  # their pages go back to the system: the next load measures a true RSS
+            await asyncio.to_thread(_collect)
 
     def forget(self, name: str) -> Footprint | None:
         """``name`` is no longer resident (unloaded, reloading or gone): its figures leave."""

@@ -159,16 +159,25 @@ async def test_a_model_with_work_in_flight_or_pinned_is_never_evicted(tmp_path: 
         await dataplane.infer(weights_request("new"))
         assert {"busy", "kept", "new"} <= set(resident(dataplane))
         assert "idle" not in resident(dataplane)
-        residency.budget = resident(dataplane)["busy"] + resident(dataplane)["kept"] + MIB
-        with pytest.raises(Unavailable) as refused:
-            await dataplane.infer(weights_request("idle"))
-        assert refused.value.retry_after_s == 1
-        assert "pinned or has requests queued or running (busy, kept)" in refused.value.message
+        # room for idle only if new and busy go: the load waits for busy's work to end
+        residency.budget = resident(dataplane)["kept"] + residency.measured["idle"].host_bytes
+        waiting = asyncio.ensure_future(dataplane.infer(weights_request("idle")))
+        await wait_until_async(
+            lambda: "new" not in resident(dataplane) and residency.waiting.get("idle") == 1,
+            what="new evicted and idle's load waiting for busy",
+        )
+        assert "busy" in resident(dataplane) and not waiting.done()
         held.open.set()
         assert (await running).outputs["y"].shape == (1, 8192)
-        residency.budget = resident(dataplane)["kept"] + residency.measured["idle"].host_bytes + MIB
-        assert (await dataplane.infer(weights_request("idle"))).outputs["y"].shape == (1, 8192)
-        assert set(resident(dataplane)) == {"kept", "idle"}, "busy is idle now and went"
+        assert (await waiting).outputs["y"].shape == (1, 8192)
+        assert set(resident(dataplane)) == {"kept", "idle"}, "busy went once its work was done"
+        residency.budget = residency.measured["new"].host_bytes + MIB  # not beside kept
+        with pytest.raises(Unavailable) as refused:
+            await dataplane.infer(weights_request("new"))
+        assert refused.value.retry_after_s == 1
+        assert "every resident model there is pinned" in refused.value.message
+        assert refused.value.message.endswith("(kept); retry")
+        assert set(resident(dataplane)) == {"kept"}
     finally:
         await dataplane.close()
 
