@@ -304,8 +304,9 @@ class Residency:
         MODEL_LOADS.labels(name, "failed").inc()
 
     # -- leaving -------------------------------------------------------------------------------
-    async def evict(self, name: str, why: str) -> None:
-        """Make every version of ``name`` dormant, then close its batchers and sessions."""
+    async def evict(self, name: str, why: str, counted: bool = True) -> None:
+        """Make every version of ``name`` dormant, then close its batchers and sessions
+        (``counted``: an eviction to make room, not an unload asked for)."""
         entry = self.models[name]
         footprint = self.forget(name)
         closing = []
@@ -316,7 +317,7 @@ class Residency:
         was = f"; it held {footprint.figures()}" if footprint is not None else ""
         entry.state, entry.reason = ModelState.UNAVAILABLE, f"unloaded ({why}{was})"
         entry.wanted = False
-        if footprint is not None and why.startswith("evicted"):
+        if footprint is not None and counted:
             self.evictions[name] = self.evictions.get(name, 0) + 1
             MODEL_EVICTIONS.labels(name).inc()
             log.info("model %s %s", name, entry.reason)

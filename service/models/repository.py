@@ -302,7 +302,7 @@ class ModelRepository(RepositoryView):
             if entry is None:
                 raise NotFound(f"Request for unknown model: '{name}' is not found")
             if self.residency.on_demand:
-                await self.residency.evict(name, "by request")
+                await self.residency.evict(name, "by request", counted=False)
                 return
             previous, entry.versions = entry.versions, {}
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"

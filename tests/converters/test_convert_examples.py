@@ -100,7 +100,6 @@ def test_minilm_exact_and_int8_models(tmp_path: Path) -> None:
         config, session = check_model_dir(repo / name, 1)
         assert not (repo / name / "2").exists()
     assert config.max_batch_size == 32 and config.response_cache.enable
-    assert config.version_policy.WhichOneof("policy_choice") == "all"
     assert config.parameters["infergate.pad_inputs"].string_value == (
         "input_ids,attention_mask,token_type_ids"
     )
