@@ -22,12 +22,14 @@ from service.observability import gpu
 
 def size_text(count: int) -> str:
     """Bytes as people read them: ``512 B``, ``60.2 KiB``, ``14.3 MiB``, ``2.0 GiB``."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    if abs(count) < 1024:
+        return f"{count} B"
+    value, unit = count / 1024, "KiB"
+    for larger in ("MiB", "GiB"):
+        if abs(value) < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.1f} {unit}"
 
 
 @dataclass(frozen=True, slots=True)
