@@ -43,7 +43,7 @@ end
 
 def request_body(model: str, seq_len: int = 32) -> dict:
     rng = np.random.default_rng(0)
-    if model == "minilm_embed":
+    if model.startswith("minilm_embed"):
         ids = rng.integers(1000, 5000, size=seq_len).tolist()
         ids[0], ids[-1] = 101, 102
         return {
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--connections", default="1,16,64")
     parser.add_argument(
         "--models",
-        default="digits_mlp,minilm_embed:1,minilm_embed:2",
+        default="digits_mlp,minilm_embed:1,minilm_embed_int8:1",
         help="MODEL or MODEL:VERSION, comma-separated",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gateway.json")

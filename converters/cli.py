@@ -179,7 +179,8 @@ def examples(
     only: Annotated[list[str] | None, typer.Option("--only", help="Build just these.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild complete models.")] = False,
 ) -> None:
-    """Build the example models: digits_mlp, digits_cnn, cancer_gbt, minilm_embed, keras_digits."""
+    """Build the example models: digits_mlp, digits_cnn, cancer_gbt, minilm_embed (fp32) and
+    minilm_embed_int8, keras_digits."""
 
     def run() -> None:
         from converters.examples import build_examples

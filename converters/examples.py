@@ -1,7 +1,10 @@
-"""The example repository (`make models`): five small models built offline, idempotently.
+"""The example repository (`make models`): six small models built offline, idempotently.
 
 Each model is built into a hidden scratch repository and swapped into place as a whole, so an
 interrupted build never leaves a half-built model; complete models are skipped unless ``force``.
+MiniLM is built once as the exact fp32 ``minilm_embed`` and its int8 quantisation under its own
+name, ``minilm_embed_int8``, so a request without a version (the latest) gets the exact model; a
+repository built when the int8 model was ``minilm_embed`` version 2 is split without a rebuild.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ EXAMPLES: dict[str, list[int]] = {
     "digits_mlp": [1],
     "digits_cnn": [1],
     "cancer_gbt": [1],
-    "minilm_embed": [1, 2],
+    "minilm_embed": [1],
+    "minilm_embed_int8": [1],
     "keras_digits": [1],
 }
+MINILM, MINILM_INT8 = "minilm_embed", "minilm_embed_int8"
 
 
 def _small(queue_us: int = 1000, instances: int = 2) -> ConfigOptions:
@@ -96,6 +101,8 @@ def _build_keras(repo: Path, name: str, reporter: Reporter) -> list[dict[str, An
 
 
 def _build_minilm(repo: Path, name: str, reporter: Reporter) -> list[dict[str, Any]]:
+    """Both MiniLM models from one export: ``minilm_embed`` (fp32, the exact model) and
+    ``minilm_embed_int8`` (int8 per-channel dynamic quantisation of the same graph)."""
     from converters import example_models as em
     from converters.pytorch import InputSpec, export_pytorch
 
@@ -121,12 +128,11 @@ def _build_minilm(repo: Path, name: str, reporter: Reporter) -> list[dict[str, A
     )
     base_notes = list(exported.notes)
     tokenizer = em.minilm_tokenizer_spec()
-    rows = [
-        convert(exported, PublishOptions(repo, name, config=config, tokenizer=tokenizer), reporter)
-    ]
-    exported.notes = [*base_notes, "int8 per-channel dynamic quantisation of the version 1 graph"]
-    exported.export_seconds = 0.0  # v2 reuses the v1 export: its time is the quantisation
-    quantized = PublishOptions(repo, name, config=config, quantize=True, tokenizer=tokenizer)
+    exact = PublishOptions(repo, MINILM, config=config, tokenizer=tokenizer)
+    rows = [convert(exported, exact, reporter)]
+    exported.notes = [*base_notes, f"int8 per-channel dynamic quantisation of {MINILM}'s graph"]
+    exported.export_seconds = 0.0  # the int8 model reuses the export: its time is the quantisation
+    quantized = PublishOptions(repo, MINILM_INT8, config=config, quantize=True, tokenizer=tokenizer)
     rows.append(convert(exported, quantized, reporter))
     return rows
 
@@ -135,7 +141,7 @@ def _add_minilm_tokenizer(model_dir: Path) -> None:
     """A MiniLM built before tokenizers were published gets one in place, without a rebuild."""
     from converters import example_models as em
 
-    if all((model_dir / str(v) / TOKENIZER_FILE).is_file() for v in EXAMPLES["minilm_embed"]):
+    if all((model_dir / str(v) / TOKENIZER_FILE).is_file() for v in EXAMPLES[model_dir.name]):
         return
     spec = em.minilm_tokenizer_spec()
     config = read_config(model_dir / "config.pbtxt")
@@ -143,15 +149,41 @@ def _add_minilm_tokenizer(model_dir: Path) -> None:
     staged = model_dir / ".config.pbtxt.new"
     staged.write_text(render(config))
     staged.replace(model_dir / "config.pbtxt")  # parameters first: the files mark it done
-    for version in EXAMPLES["minilm_embed"]:
+    for version in EXAMPLES[model_dir.name]:
         (model_dir / str(version) / TOKENIZER_FILE).write_text(spec.json_text)
+
+
+def _split_minilm(repo: Path) -> None:
+    """A repository built when the int8 model was ``minilm_embed`` version 2 (so the latest, what
+    a request without a version got): that version becomes ``minilm_embed_int8`` version 1,
+    copied into place as a whole, and leaves ``minilm_embed``."""
+    old = repo / MINILM / "2"
+    if not (old / "model.onnx").is_file():
+        return
+    if not is_complete(repo, MINILM_INT8):
+        scratch = Path(tempfile.mkdtemp(prefix=f".split-{MINILM}-", dir=repo))
+        try:
+            target = scratch / MINILM_INT8
+            shutil.copytree(old, target / "1")
+            config = read_config(repo / MINILM / "config.pbtxt")
+            config.name = MINILM_INT8
+            (target / "config.pbtxt").write_text(render(config))
+            report_path = target / "1" / "parity.json"
+            report = json.loads(report_path.read_text())
+            report.update(model=MINILM_INT8, version=1)
+            report_path.write_text(json.dumps(report, indent=2))
+            swap_in(target, repo / MINILM_INT8)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(old)
 
 
 BUILDERS: dict[str, Callable[[Path, str, Reporter], list[dict[str, Any]]]] = {
     "digits_mlp": _build_torch_digits,
     "digits_cnn": _build_torch_digits,
     "cancer_gbt": _build_cancer,
-    "minilm_embed": _build_minilm,
+    MINILM: _build_minilm,
+    MINILM_INT8: _build_minilm,  # built with minilm_embed, from the same export
     "keras_digits": _build_keras,
 }
 
@@ -203,23 +235,32 @@ def build_examples(
         raise ConversionError(f"unknown example models {unknown}; choose from {list(EXAMPLES)}")
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
+    _split_minilm(repo)
     rows: list[dict[str, Any]] = []
     for name in names:
+        if any(row["model"] == name for row in rows):
+            continue  # built beside another model of this call
         if not force and is_complete(repo, name):
-            if name == "minilm_embed":
+            if name in (MINILM, MINILM_INT8):
                 _add_minilm_tokenizer(repo / name)
             reporter.info(f"{name}: complete in {repo}, skipped (use --force to rebuild)")
             rows.extend(_existing_rows(repo, name))
             continue
-        scratch = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=repo))
-        try:
-            start = time.perf_counter()
-            built = BUILDERS[name](scratch, name, reporter)
-            for row in built:
-                row["path"] = str(repo / name / str(row["version"]))
-                row["build_s"] = round(time.perf_counter() - start, 2)
-            swap_in(scratch / name, repo / name)
-            rows.extend(built)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        rows.extend(_build_into(repo, name, reporter))
     return rows
+
+
+def _build_into(repo: Path, name: str, reporter: Reporter) -> list[dict[str, Any]]:
+    """Build ``name`` (and what its builder builds beside it) in scratch, then swap each in."""
+    scratch = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=repo))
+    try:
+        start = time.perf_counter()
+        built = BUILDERS[name](scratch, name, reporter)
+        for row in built:
+            row["path"] = str(repo / row["model"] / str(row["version"]))
+            row["build_s"] = round(time.perf_counter() - start, 2)
+        for model in dict.fromkeys(row["model"] for row in built):
+            swap_in(scratch / model, repo / model)
+        return built
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -4,6 +4,8 @@ Small and dependency-free on purpose: the converters and the load tester ask it 
 
 - ``cuda_gpu_count`` asks the CUDA driver itself (no framework import).
 - ``usable_cores`` lowers the CPU affinity by a cgroup quota (a container's limit), v2 or v1.
+- ``resident_bytes`` reads the process's resident set (RSS) from ``/proc/self/statm``: what a
+  model's load measurably costs (``service.models.footprint``).
 - glibc keeps freed heap pages for reuse, so one hostile 60 MB body would leave the process that
   much bigger for good; ``release_memory`` returns them (elsewhere, musl or macOS, it does
   nothing). ``tune_gc`` sets the garbage collector for many short-lived objects around
@@ -58,6 +60,15 @@ def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
     except (OSError, ValueError):
         return None
     return None if v1_quota <= 0 else v1_quota / v1_period
+
+
+def resident_bytes() -> int:
+    """This process's resident set size in bytes (0 where ``/proc`` is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 @functools.cache

@@ -194,6 +194,13 @@ DO_COPY_IN_DEFAULT_STREAM = Key(
     "",
     "Triton's ONNX Runtime backend parameter: the CUDA EP copies in the default stream.",
 )
+PINNED = Key(
+    "infergate.pinned",
+    "flag",
+    "false",
+    "Keep the model resident under --model-control-mode on_demand: loaded at startup (it then "
+    "counts for readiness) and never evicted to make room under a memory budget.",
+)
 RUNTIME = Key(
     "infergate.runtime",
     "json",
@@ -221,6 +228,7 @@ KEYS: dict[str, Key] = {
         IO_BINDING,
         CUDNN_CONV_ALGO_SEARCH,
         DO_COPY_IN_DEFAULT_STREAM,
+        PINNED,
         RUNTIME,
     )
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.host import usable_cores
@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     gpu_memory_budget_bytes: int = Field(
         default=0,
         description="per GPU: bytes the loaded models' instances may reserve (sum of their "
-        "infergate.gpu_mem_limit_bytes); a model that would not fit is UNAVAILABLE; 0 = no budget",
+        "infergate.gpu_mem_limit_bytes); a model that would not fit is UNAVAILABLE (on_demand: "
+        "idle models on that GPU are evicted first); 0 = no budget",
     )
     trt_engine_cache_dir: Path | None = Field(
         default=None,
@@ -80,16 +81,29 @@ class Settings(BaseSettings):
     )
 
     # --- model repository --------------------------------------------------------------------
-    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+    model_control_mode: Literal["none", "poll", "explicit", "on_demand"] = Field(
         default="none",
-        description="Triton's model control: load all once, poll the repository, or API",
+        description="Triton's model control: load all once, poll the repository, or API; "
+        "on_demand: list every model, load one on its first request (and poll for new ones)",
     )
     startup_models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"],
-        description="explicit mode: models loaded at startup ('*' = all)",
+        description="explicit mode: models loaded at startup ('*' = all); on_demand: models "
+        "loaded at startup besides the pinned ones ('*' = none)",
     )
     repository_poll_s: float = Field(
-        default=15.0, description="poll mode: seconds between repository scans"
+        default=15.0, description="poll and on_demand modes: seconds between repository scans"
+    )
+    model_memory_budget: ByteSize = Field(
+        default=ByteSize(0),
+        description="host memory the loaded models may hold, as measured (RSS growth across "
+        "each load), e.g. 2GiB, 512MiB or bytes; on_demand evicts the least recently used "
+        "idle models to stay within it, other modes refuse the load; 0 = no budget",
+    )
+    model_load_timeout_s: float = Field(
+        default=60.0,
+        description="on_demand: how long a request waits for its model to load (then 503 + "
+        "Retry-After; the load goes on)",
     )
 
     # --- batching and admission --------------------------------------------------------------

@@ -9,12 +9,19 @@ import pytest
 
 from tests.helpers import ROOT, Gateway, start_gateway
 
-EXAMPLES = ["digits_mlp", "digits_cnn", "cancer_gbt", "minilm_embed", "keras_digits"]
+EXAMPLES = [
+    "digits_mlp",
+    "digits_cnn",
+    "cancer_gbt",
+    "minilm_embed",
+    "minilm_embed_int8",
+    "keras_digits",
+]
 
 
 @pytest.fixture(scope="session")
 def example_repo() -> Path:
-    """The five example models, exported by the converters into the project's model_repo/."""
+    """The six example models, exported by the converters into the project's model_repo/."""
     from converters.examples import build_examples
 
     repo = ROOT / "model_repo"

@@ -1,5 +1,5 @@
 """Requests held in flight for the graceful-stop tests, with no timing: rounds of embedding
-requests (minilm_embed v2, cache off) grow until the gateway's own metrics show some of them
+requests (minilm_embed v1, cache off) grow until the gateway's own metrics show some of them
 still pending once every request of the round reached it."""
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ EMBED = {
 }
 _ARRIVALS = re.compile(
     r"nv_inference_(pending_request_count|request_success)"
-    r'\{model="minilm_embed",version="2"\} (\d+)'
+    r'\{model="minilm_embed",version="1"\} (\d+)'
 )
 
 
 def arrivals(base_url: str) -> tuple[int, int]:
-    """(pending, succeeded) requests of minilm_embed v2, from the gateway's metrics."""
+    """(pending, succeeded) requests of minilm_embed v1, from the gateway's metrics."""
     values = dict(_ARRIVALS.findall(httpx.get(f"{base_url}/metrics").text))
     return int(values.get("pending_request_count", 0)), int(values.get("request_success", 0))
 

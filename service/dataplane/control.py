@@ -14,8 +14,9 @@ from service.settings import Settings
 
 
 def check_model_control(settings: Settings, repository: RepositoryView, name: str) -> None:
-    """Explicit loads and unloads: only in explicit mode, as on Triton."""
-    if settings.model_control_mode == "explicit":
+    """Explicit loads and unloads: only in explicit mode, as on Triton (and on_demand, where an
+    unloaded model loads again on its next request)."""
+    if settings.model_control_mode in ("explicit", "on_demand"):
         return
     if name not in repository.models:
         raise NotFound(f"Request for unknown model: '{name}' is not found")

@@ -20,7 +20,7 @@ from service.cache import ResponseCache
 from service.dataplane.batches import Outputs
 from service.dataplane.batching import DynamicBatcher
 from service.dataplane.control import check_model_control, config_override
-from service.errors import BadRequest, InferenceError
+from service.errors import BadRequest, InferenceError, Unavailable
 from service.messages import (
     InferRequest,
     InferResponse,
@@ -111,6 +111,20 @@ class DataPlane:
         """The servable version a request names; NotFound / Unavailable with the reason."""
         return self.repository.get(name, version)
 
+    async def resolve(self, name: str, version: str = "") -> ModelVersion:
+        """``model`` for a request, marked used; under on_demand a model not loaded yet is loaded
+        first (one load however many ask; ``service.models.ondemand``)."""
+        try:
+            return self.repository.use(name, version)
+        except Unavailable:
+            if (
+                self.settings.model_control_mode != "on_demand"
+                or name not in self.repository.models
+            ):
+                raise
+        await self.repository.demand(name)
+        return self.repository.use(name, version)
+
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
             return self.repository.get(name, version).backend.healthy()
@@ -172,7 +186,7 @@ class DataPlane:
     ) -> InferResponse:
         """A v2 (or v1) request. ``model``: the version the front end decoded it against (so it
         is resolved once); by name when not given."""
-        model = model or self.model(request.model_name, request.model_version)
+        model = model or await self.resolve(request.model_name, request.model_version)
         _, outputs = await self._serve(model, request)
         return InferResponse(model.name, model.version, outputs, request.id)
 
@@ -180,7 +194,7 @@ class DataPlane:
         self, request: ItemsRequest, model: ModelVersion | None = None
     ) -> ItemsResponse:
         """Texts or token arrays (/v1/embeddings): one row per item, in item order."""
-        model = model or self.model(request.model_name, request.model_version)
+        model = model or await self.resolve(request.model_name, request.model_version)
         work, outputs = await self._serve(model, request)
         return ItemsResponse(model.name, model.version, outputs, work.tokens)
 

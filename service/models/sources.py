@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -25,6 +26,16 @@ log = logging.getLogger(__name__)
 
 #: each servable version's config and the backend that runs it
 LoadedVersions = dict[str, tuple[model_config_pb2.ModelConfig, Backend]]
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What a model's load will take, known before it starts (its real cost is measured while
+    it runs: ``service.models.footprint``)."""
+
+    disk_bytes: int = 0  # the selected versions' files: the host footprint's first guess
+    gpu_bytes: dict[int, int] = field(default_factory=dict)  # per GPU: its instances' arena caps
+    pinned: bool = False  # infergate.pinned: kept resident under on_demand
 
 
 def parse_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -67,6 +78,14 @@ class ModelSource(ABC):
         """Changes whenever the model's files change (poll mode reloads on a change)."""
         return 0
 
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Pay the runtime's one-time costs before the first load, so that no model's measured
+        footprint includes them."""
+
+    def estimate(self, name: str, override: model_config_pb2.ModelConfig | None = None) -> Estimate:
+        """What a load of ``name`` will take, known before it starts (nothing known: zeros)."""
+        return Estimate()
+
     def tokenizer(self, name: str, version: str) -> TextTokenizer | None:
         """The tokenizer the last ``load(name)`` found for ``version`` (None: token ids only)."""
         return None
@@ -98,6 +117,11 @@ class LocalOnnxSource(ModelSource):
     ) -> LoadedVersions:
         return await asyncio.to_thread(self._load_sync, name, override)
 
+    async def start(self) -> None:
+        from service.backends.onnxruntime.sessions import start_runtime
+
+        await asyncio.to_thread(start_runtime)
+
     def stamp(self, name: str) -> int:
         """Changes when any file under the model's folder is added, removed, resized or touched."""
         entries = []
@@ -119,11 +143,11 @@ class LocalOnnxSource(ModelSource):
         except text_format.ParseError as exc:
             raise ValueError(f"config.pbtxt does not parse: {exc}") from exc
 
-    def _load_sync(
-        self, name: str, override: model_config_pb2.ModelConfig | None = None
-    ) -> LoadedVersions:
-        from service.backends.onnxruntime.backend import OnnxRuntimeBackend
-
+    def _servable(
+        self, name: str, override: model_config_pb2.ModelConfig | None
+    ) -> tuple[model_config_pb2.ModelConfig, list[int]]:
+        """The config a load uses and the versions its policy selects; ValueError says why
+        there are none."""
         folder = self.root / name
         base = self._config(folder) if override is None else _named(override, name)
         if not base.platform and not base.backend:  # as Triton completes an ONNX model's config
@@ -140,6 +164,32 @@ class LocalOnnxSource(ModelSource):
         versions = select_versions(base.version_policy, present)
         if not versions:
             raise ValueError(f"no version folder with {filename} matches the version policy")
+        return base, versions
+
+    def estimate(self, name: str, override: model_config_pb2.ModelConfig | None = None) -> Estimate:
+        """The selected versions' files on disk and what their GPU instances reserve."""
+        from service.backends.onnxruntime.backend import plan
+
+        try:
+            base, versions = self._servable(name, override)
+            gpu: dict[int, int] = {}
+            disk = 0
+            for version in versions:
+                disk += sum(f.stat().st_size for f in (self.root / name / str(version)).rglob("*"))
+                for device, amount in plan(base, self.settings, str(version)).gpu_memory().items():
+                    gpu[device] = gpu.get(device, 0) + amount
+            return Estimate(disk, gpu, parameters.PINNED.flag(base))
+        except (OSError, ValueError):  # the load itself says what is wrong
+            return Estimate()
+
+    def _load_sync(
+        self, name: str, override: model_config_pb2.ModelConfig | None = None
+    ) -> LoadedVersions:
+        from service.backends.onnxruntime.backend import OnnxRuntimeBackend
+
+        folder = self.root / name
+        base, versions = self._servable(name, override)
+        filename = base.default_model_filename or "model.onnx"
         loaded: LoadedVersions = {}
         for version in versions:
             config = model_config_pb2.ModelConfig()

@@ -1,8 +1,10 @@
-"""What the gateway knows about one loaded model version, derived once from its config.pbtxt."""
+"""What the gateway knows about one loaded model version, derived once from its config.pbtxt, and
+about one model (its state and servable versions)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -32,6 +34,10 @@ class ModelState(StrEnum):
     UNAVAILABLE = "UNAVAILABLE"
     LOADING = "LOADING"
     UNLOADING = "UNLOADING"
+
+
+#: the order in which requests resolved their models (eviction takes the least recent first)
+_uses = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +173,7 @@ class ModelVersion:
     max_batch_tokens: int = field(init=False)  # 0 = batches limited by rows only
     stats: ModelStats = field(init=False)
     scheduler: Scheduler = field(init=False)
+    last_use: int = field(init=False, default=0)  # when a request last resolved to it (an order)
 
     def __post_init__(self) -> None:
         self.max_batch_size = int(self.config.max_batch_size)
@@ -195,3 +202,23 @@ class ModelVersion:
             "inputs": [spec.metadata() for spec in self.inputs.values()],
             "outputs": [spec.metadata() for spec in self.outputs.values()],
         }
+
+    def touch(self) -> None:
+        """A request resolved to this version now."""
+        self.last_use = next(_uses)
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    """One model of the repository: its state and the versions it serves."""
+
+    name: str
+    state: ModelState = ModelState.UNAVAILABLE
+    reason: str = ""
+    versions: dict[str, ModelVersion] = field(default_factory=dict)
+    default_version: str = ""
+    #: meant to be loaded: counts for server readiness (an unloaded model no longer does)
+    wanted: bool = True
+    #: its last load failed: requests do not load it again until it is loaded explicitly or
+    #: its files change (on_demand)
+    failed: bool = False

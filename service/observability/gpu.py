@@ -88,6 +88,23 @@ def read_gpus() -> list[GpuReading]:
     return readings
 
 
+def memory_used() -> dict[int, int]:
+    """Used memory per GPU index, in bytes (NVML's view of the whole device, every process's
+    allocations included); empty without NVML or GPUs (never raises). A model's load measures
+    the growth from before to after it (``service.models.footprint``)."""
+    nvml = _load_nvml()
+    if nvml is None:
+        return {}
+    used: dict[int, int] = {}
+    try:
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            used[index] = int(nvml.nvmlDeviceGetMemoryInfo(handle).used)
+    except Exception as exc:
+        log.warning("reading GPU memory failed: %s", exc)
+    return used
+
+
 def render_lines(readings: list[GpuReading]) -> list[str]:
     """Prometheus text lines for ``readings``; no families at all when there are none."""
     if not readings:

@@ -53,6 +53,27 @@ REJECTED = Counter(
     "infergate_rejected_requests_total", "Requests refused before running", ("model", "reason")
 )
 
+RESIDENT_BYTES = Gauge(
+    "infergate_model_resident_bytes",
+    "Memory a resident model holds, measured across its load (sessions and warm-up): RSS growth "
+    "for device cpu, NVML used-memory growth for each GPU",
+    ("model", "device"),
+)
+MODEL_LOADS = Counter(
+    "infergate_model_loads_total", "Model loads, by outcome (ok or failed)", ("model", "outcome")
+)
+MODEL_EVICTIONS = Counter(
+    "infergate_model_evictions_total",
+    "Models unloaded to make room under a memory budget (least recently used, idle, unpinned)",
+    ("model",),
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "infergate_model_load_seconds",
+    "Duration of a model's load: every version's sessions and warm-up",
+    ("model",),
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+)
+
 
 class SharedGauge:
     """A labelled gauge whose children outlive a reload: the new backend sets the same labels

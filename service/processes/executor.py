@@ -133,7 +133,7 @@ class Executor:
             return None
         if kind == "admit":
             name, version, *figures = cast("tuple[object, ...]", payload)
-            model = self.repository.get(str(name), str(version))
+            model = self.repository.use(str(name), str(version))
             return model.scheduler.admit(*cast("list[int]", figures))
         if kind == "snapshot":
             return self.snapshot()
@@ -144,6 +144,8 @@ class Executor:
             return self._load(name, override)
         if kind == "unload":
             return self._unload(str(payload))
+        if kind == "demand":
+            return self._demand(str(payload))
         if kind == "index":
             return self.repository.index()
         if kind == "stats":
@@ -166,6 +168,15 @@ class Executor:
     async def _unload(self, name: str) -> int:
         await self.repository.unload(name)
         return await self._changed()
+
+    async def _demand(self, name: str) -> int:
+        """A worker's request needs ``name`` loaded (on_demand): the asking worker has the new
+        snapshot before the reply (the others within a push interval)."""
+        try:
+            await self.repository.demand(name)
+        finally:
+            generation = self._push()
+        return generation
 
     async def _changed(self) -> int:
         """After a load or unload: write the loaded set down, send every worker the snapshot

@@ -22,7 +22,7 @@ from service.cache.stores import LocalStore
 from service.dataplane.batches import Outputs
 from service.dataplane.batching import DynamicBatcher
 from service.dataplane.shedding import Figures
-from service.errors import InferenceError
+from service.errors import as_inference_error
 from service.models.repository import RepositoryView
 from service.models.version import Submission
 from service.observability.metrics import FRAME_REQUESTS
@@ -157,17 +157,17 @@ class Desk:
         if worker is None:
             return
         FRAME_REQUESTS.observe(len(entries))
-        get = self.repository.get
+        use = self.repository.use  # marks the model used (on_demand evicts the least recent)
         for raw in entries:
             entry = RequestEntry._make(raw)
             answer = Answer(self, worker, entry.request_id, None)
             worker.outstanding.add(entry.request_id)
             try:
-                batcher = cast(DynamicBatcher, get(entry.model, entry.version).scheduler)
+                batcher = cast(DynamicBatcher, use(entry.model, entry.version).scheduler)
                 answer.batcher = batcher
                 self._enqueue(batcher, entry, answer)
-            except InferenceError as exc:
-                answer.set_exception(exc)
+            except Exception as exc:  # answered, whatever it was: no request of the frame hangs
+                answer.set_exception(as_inference_error(exc))
 
     def _enqueue(self, batcher: DynamicBatcher, entry: RequestEntry, answer: Answer) -> None:
         key = entry.key

@@ -199,6 +199,9 @@ class MirrorRepository(RepositoryView):
     async def unload(self, name: str) -> None:
         await self.link.call("unload", name)
 
+    async def demand(self, name: str) -> None:
+        await self.link.call("demand", name)  # the snapshot arrives before the reply
+
     async def start(self) -> None:
         await self.link.start()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from converters.cli import app
 from converters.examples import build_examples
+from converters.triton_config import read_config
 from tests.converters.support import check_model_dir, run_session, tree_hash
 
 runner = CliRunner()
@@ -84,23 +86,30 @@ def test_unknown_example_name() -> None:
 
 
 @pytest.mark.slow
-def test_minilm_versions(tmp_path: Path) -> None:
+def test_minilm_exact_and_int8_models(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     rows = build_examples(repo, only=["minilm_embed"])
-    assert [(r["version"], r["precision"]) for r in rows] == [(1, "fp32"), (2, "int8")]
+    assert [(r["model"], r["version"], r["precision"]) for r in rows] == [
+        ("minilm_embed", 1, "fp32"),
+        ("minilm_embed_int8", 1, "int8"),
+    ], "one export: the exact model keeps the name (the default), int8 gets its own"
     assert rows[0]["max_abs_err"] < 1e-4 and rows[0]["min_cosine"] > 0.9999
     assert rows[1]["min_cosine"] >= 0.95
-    for version in (1, 2):
-        config, session = check_model_dir(repo / "minilm_embed", version)
+    assert sorted(p.name for p in repo.iterdir()) == ["minilm_embed", "minilm_embed_int8"]
+    for name in ("minilm_embed_int8", "minilm_embed"):
+        config, session = check_model_dir(repo / name, 1)
+        assert not (repo / name / "2").exists()
     assert config.max_batch_size == 32 and config.response_cache.enable
-    assert config.version_policy.WhichOneof("policy_choice") == "all"
     assert config.parameters["infergate.pad_inputs"].string_value == (
         "input_ids,attention_mask,token_type_ids"
     )
     assert [list(i.dims) for i in config.input] == [[-1], [-1], [-1]]
     # the tokenizer the gateway uses for text: sentence-transformers' 256-token limit
     assert config.parameters["infergate.tokenizer.max_length"].string_value == "256"
-    assert all((repo / "minilm_embed" / str(v) / "tokenizer.json").is_file() for v in (1, 2))
+    assert all(
+        (repo / m / "1" / "tokenizer.json").is_file() for m in ("minilm_embed", "minilm_embed_int8")
+    )
+    assert {r["status"] for r in build_examples(repo, only=["minilm_embed_int8"])} == {"exists"}
     ids = np.array([[101, 7592, 2088, 102, 0, 0]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)
     emb = run_session(
@@ -108,6 +117,29 @@ def test_minilm_versions(tmp_path: Path) -> None:
     )["sentence_embedding"]
     assert emb.shape == (1, 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3)
+
+
+def test_a_repository_with_int8_as_version_2_is_split_without_a_rebuild(
+    example_repo: Path, tmp_path: Path
+) -> None:
+    """Built before the int8 model had its own name: minilm_embed version 2 was int8, and the
+    latest, so a request without a version got it; now version 1 (fp32) is all it serves."""
+    old = tmp_path / "model_repo"
+    shutil.copytree(example_repo / "minilm_embed", old / "minilm_embed")
+    shutil.copytree(example_repo / "minilm_embed_int8" / "1", old / "minilm_embed" / "2")
+    int8_bytes = (old / "minilm_embed" / "2" / "model.onnx").read_bytes()
+    rows = build_examples(old, only=["minilm_embed", "minilm_embed_int8"])
+    assert [(r["model"], r["version"], r["status"]) for r in rows] == [
+        ("minilm_embed", 1, "exists"),
+        ("minilm_embed_int8", 1, "exists"),
+    ]
+    assert sorted(p.name for p in (old / "minilm_embed").iterdir()) == ["1", "config.pbtxt"]
+    moved = old / "minilm_embed_int8"
+    assert (moved / "1" / "model.onnx").read_bytes() == int8_bytes
+    assert (moved / "1" / "tokenizer.json").is_file()
+    assert read_config(moved / "config.pbtxt").name == "minilm_embed_int8"
+    assert json.loads((moved / "1" / "parity.json").read_text())["model"] == "minilm_embed_int8"
+    assert sorted(p.name for p in old.iterdir()) == ["minilm_embed", "minilm_embed_int8"]
 
 
 def test_cli_import_stays_light() -> None:

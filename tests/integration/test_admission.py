@@ -52,6 +52,9 @@ class OneModel(RepositoryView):
     async def unload(self, name: str) -> None:
         raise NotImplementedError
 
+    async def demand(self, name: str) -> None:
+        raise NotImplementedError
+
     async def start(self) -> None:
         return None
 

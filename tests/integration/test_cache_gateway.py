@@ -21,13 +21,14 @@ import tritonclient.http.aio as aiohttpclient
 from tests.helpers import ROOT, Gateway, start_gateway, wait_until
 from tests.redis_server import RedisServer
 
-MODELS = ["minilm_embed", "digits_mlp"]  # minilm_embed sets response_cache; digits_mlp does not
+#: the minilm models set response_cache; digits_mlp does not
+MODELS = ["minilm_embed", "minilm_embed_int8", "digits_mlp"]
 RELIABLE = {"INFERGATE_CACHE_REDIS_TIMEOUT_MS": "60000"}  # a slow Redis call is no miss
 
 
 @pytest.fixture(scope="module")
 def cache_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository of just the two models these tests use (gateways start faster)."""
+    """A repository of just the models these tests use (gateways start faster)."""
     from converters.examples import build_examples
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,12 +72,16 @@ def http_inputs(arrays: dict[str, np.ndarray], binary: bool, module: Any = httpc
 
 
 def embed(
-    gateway: Gateway, arrays: dict[str, np.ndarray], binary: bool = True, **kw: Any
+    gateway: Gateway,
+    arrays: dict[str, np.ndarray],
+    binary: bool = True,
+    model: str = "minilm_embed",
+    **kw: Any,
 ) -> np.ndarray:
-    """Ask version 1 (unless told otherwise; an unversioned request gets the latest, 2)."""
+    """Ask version 1 (unless told otherwise)."""
     kw.setdefault("model_version", "1")
     with httpclient.InferenceServerClient(gateway.http_url) as client:
-        result = client.infer("minilm_embed", http_inputs(arrays, binary), **kw)
+        result = client.infer(model, http_inputs(arrays, binary), **kw)
     return result.as_numpy("sentence_embedding")
 
 
@@ -134,17 +139,18 @@ def test_cache_false_parameter_bypasses(gw: Gateway) -> None:
     assert delta(stats(gw), before) == {"hits": 0, "misses": 0, "executions": 1, "success": 1}
 
 
-def test_versions_never_share_entries(gw: Gateway) -> None:
+def test_models_never_share_entries(gw: Gateway) -> None:
     arrays = sentence(4)
-    v1_before, v2_before = stats(gw, version="1"), stats(gw, version="2")
-    v1 = embed(gw, arrays, model_version="1")
-    v2 = embed(gw, arrays, model_version="2")  # int8 quantized: close, not equal
-    assert not np.array_equal(v1, v2)
-    np.testing.assert_allclose(v1, v2, atol=0.1)
-    np.testing.assert_array_equal(embed(gw, arrays, model_version="2"), v2)
-    np.testing.assert_array_equal(embed(gw, arrays, model_version="1"), v1)
-    for version, before in (("1", v1_before), ("2", v2_before)):
-        assert delta(stats(gw, version=version), before) == {
+    int8 = "minilm_embed_int8"
+    exact_before, int8_before = stats(gw), stats(gw, int8)
+    exact = embed(gw, arrays, model_version="1")
+    quantized = embed(gw, arrays, model=int8)  # the same graph quantized: close, not equal
+    assert not np.array_equal(exact, quantized)
+    np.testing.assert_allclose(exact, quantized, atol=0.1)
+    np.testing.assert_array_equal(embed(gw, arrays, model=int8), quantized)
+    np.testing.assert_array_equal(embed(gw, arrays, model_version="1"), exact)
+    for model, before in (("minilm_embed", exact_before), (int8, int8_before)):
+        assert delta(stats(gw, model), before) == {
             "hits": 1,
             "misses": 1,
             "executions": 1,
@@ -203,9 +209,9 @@ def test_metrics_expose_triton_cache_families(gw: Gateway) -> None:
         samples = [
             line
             for line in text.splitlines()
-            if line.startswith(family + "{") and 'model="minilm_embed"' in line
+            if line.startswith(family + "{") and 'model="minilm_embed' in line
         ]
-        assert len(samples) == 2, (family, samples)  # versions 1 and 2, each exactly once
+        assert len(samples) == 2, (family, samples)  # each model exactly once
     assert "infergate_cache_breaker_open 0.0" in text
 
 

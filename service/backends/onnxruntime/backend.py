@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2
 from service import parameters
 from service.backends.base import Backend
 from service.backends.onnxruntime.gpu_budget import LEDGER
-from service.backends.onnxruntime.placement import plan_sessions
+from service.backends.onnxruntime.placement import Placement, plan_sessions
 from service.backends.onnxruntime.runtime import Slot, describe, make_slots, run_warmup
 from service.backends.onnxruntime.sessions import (
     OpenedSession,
@@ -34,6 +34,23 @@ from service.observability.metrics import INSTANCE_INFO, WARMUP_SECONDS
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def plan(
+    config: model_config_pb2.ModelConfig,
+    settings: Settings,
+    version: str,
+    visible_gpus: Sequence[int] | None = None,
+) -> Placement:
+    """Where a version's sessions go (visible GPUs: every CUDA GPU unless given); also what a
+    load will reserve on each GPU (``Placement.gpu_memory``) before it starts."""
+    gpus = range(cuda_gpu_count()) if visible_gpus is None else visible_gpus
+    return plan_sessions(
+        config,
+        visible_gpus=list(gpus),
+        override=settings.execution_providers,
+        engine_cache_dir=engine_cache_dir(settings, config.name, version),
+    )
 
 
 def _config_dims(shape: list[int | str | None], batch_axis: bool) -> list[int]:
@@ -56,13 +73,7 @@ class OnnxRuntimeBackend(Backend):
         visible_gpus: Sequence[int] | None = None,
     ) -> None:
         self.model, self.version = config.name, model_path.parent.name
-        gpus = range(cuda_gpu_count()) if visible_gpus is None else visible_gpus
-        self.placement = plan_sessions(
-            config,
-            visible_gpus=list(gpus),
-            override=settings.execution_providers,
-            engine_cache_dir=engine_cache_dir(settings, self.model, self.version),
-        )
+        self.placement = plan(config, settings, self.version, visible_gpus)
         self._reservation = LEDGER.reserve(
             f"{self.model}/{self.version}",
             self.placement.gpu_memory(),

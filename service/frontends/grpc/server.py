@@ -157,7 +157,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         arrival = time.monotonic_ns()
-        model = self._dataplane.model(request.model_name, request.model_version)
+        model = await self._dataplane.resolve(request.model_name, request.model_version)
         _refuse_before_decoding(model, request, arrival)
         decoded = decode_request(request, self._max_elements, model)
         decoded.arrival_ns = arrival

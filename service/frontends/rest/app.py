@@ -155,7 +155,7 @@ class InferEndpoint:
         headers: dict[bytes, bytes] = dict(scope["headers"])  # type: ignore[call-overload]
         body = b""
         try:
-            servable = self.dataplane.model(model, version)
+            servable = await self.dataplane.resolve(model, version)
             _refuse_before_reading(servable, headers, arrival)
             body = await self._read_body(headers, receive)
             encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()

@@ -188,7 +188,7 @@ def mount(api: FastAPI, dataplane: DataPlane) -> None:
         body = parse_json_object(await request.body())
         items, encoding, dimensions = decode_embeddings(body)
         try:
-            model = dataplane.model(items.model_name, items.model_version)
+            model = await dataplane.resolve(items.model_name, items.model_version)
         except NotFound as exc:
             raise NotFound(exc.message, param="model") from exc
         check_dimensions(model, dimensions)

@@ -119,7 +119,7 @@ def _repository(api: FastAPI, dataplane: DataPlane) -> None:
 def _other(api: FastAPI, dataplane: DataPlane) -> None:
     @api.post("/v1/models/{model}:predict")
     async def v1_predict(model: str, request: Request) -> Response:
-        servable = dataplane.model(model)
+        servable = await dataplane.resolve(model)
         decoded = decode_predict(servable, await _optional_json(request))
         response = await dataplane.infer(decoded, servable)
         return _json(encode_predict(servable, response))

@@ -63,6 +63,21 @@ def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.http_port, settings.batching, settings.log_level) == (9200, True, "error")
 
 
+def test_on_demand_flags_take_sizes_as_people_write_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = parse("--model-control-mode", "on_demand", "--model-memory-budget", "2GiB")
+    assert settings.model_control_mode == "on_demand"
+    assert settings.model_memory_budget == 2 * 1024**3
+    assert parse("--model-memory-budget", "512MiB").model_memory_budget == 512 * 1024**2
+    assert parse("--model-memory-budget", "1000000").model_memory_budget == 1_000_000
+    assert parse("--model-load-timeout-s", "5").model_load_timeout_s == 5.0
+    assert parse().model_memory_budget == 0
+    monkeypatch.setenv("INFERGATE_MODEL_MEMORY_BUDGET", "1.5GiB")
+    monkeypatch.setenv("INFERGATE_MODEL_CONTROL_MODE", "on_demand")
+    settings = parse()
+    assert settings.model_memory_budget == 3 * 512 * 1024**2
+    assert settings.model_control_mode == "on_demand"
+
+
 def test_existing_flags_keep_their_meaning() -> None:
     settings = parse(
         "--model-repo", "/models", "--backend", "triton", "--triton-url", "t1:8001,t2:8001",
@@ -97,7 +112,7 @@ def test_help_shows_defaults_choices_env_vars_and_sections() -> None:
         "[default: model_repo]",
         "[env var: INFERGATE_HTTP_PORT]",
         "[env var: INFERGATE_STARTUP_MODELS]",
-        "<none|poll|explicit>",
+        "<none|poll|explicit|on_demand>",
         "--no-batching",
         "REST (KServe v2) port",
         "Backends",

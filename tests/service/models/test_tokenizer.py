@@ -24,6 +24,7 @@ from service.settings import Settings
 from tests.service.dataplane.test_batching import copy_model
 
 MODEL = "minilm_embed"
+INT8 = "minilm_embed_int8"
 TEXTS = [
     "The gateway batches concurrent requests.",
     "Redis caches repeated results.",
@@ -101,7 +102,7 @@ def test_example_config_declares_text_for_the_gateway_only(example_repo: Path) -
     assert [i.name for i in config.input] == ["input_ids", "attention_mask", "token_type_ids"]
     options = TokenizerOptions.from_config(config)
     assert options == TokenizerOptions("text", 256, "right", 0)  # sentence-transformers' 256
-    assert all((example_repo / MODEL / v / "tokenizer.json").is_file() for v in ("1", "2"))
+    assert all((example_repo / m / "1" / "tokenizer.json").is_file() for m in (MODEL, INT8))
 
 
 def test_encoding_equals_the_hugging_face_tokenizer(minilm_tokenizer: TextTokenizer) -> None:
@@ -270,8 +271,7 @@ async def test_repository_without_tokenizer_takes_token_ids_only(
     example_repo: Path, tmp_path: Path
 ) -> None:
     repo = minilm_copy(example_repo, tmp_path)
-    for version in ("1", "2"):
-        (repo / MODEL / version / "tokenizer.json").unlink()
+    (repo / MODEL / "1" / "tokenizer.json").unlink()
     dataplane = await started(repo, cache_enabled=False)
     try:
         with pytest.raises(BadRequest, match="unexpected inference input 'text'"):

@@ -135,7 +135,7 @@ async def test_official_client_in_process(app_client: httpx.AsyncClient) -> None
     assert len(short.data[0].embedding) == 64
     assert abs(float(np.linalg.norm(short.data[0].embedding)) - 1.0) < 1e-5
     models = await client.models.list()
-    assert [m.id for m in models.data] == [MODEL, f"{MODEL}/1", f"{MODEL}/2"]
+    assert [m.id for m in models.data] == [MODEL, f"{MODEL}/1"]
     with pytest.raises(openai.NotFoundError) as info:
         await client.embeddings.create(model="nope", input="x")
     assert info.value.code == "model_not_found"
@@ -193,9 +193,9 @@ async def test_route_and_body_errors_in_openai_shape(app_client: httpx.AsyncClie
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "invalid_request_error"
     wrong_method = await app_client.get("/v1/embeddings")
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
-    retrieved = await app_client.get(f"/v1/models/{MODEL}/2")
+    retrieved = await app_client.get(f"/v1/models/{MODEL}/1")
     assert retrieved.json() == {
-        "id": f"{MODEL}/2",
+        "id": f"{MODEL}/1",
         "object": "model",
         "created": 0,
         "owned_by": "infergate",
