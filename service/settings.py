@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         "one per usable core (CPU quota included) but one left to the executor, at most 8, "
         "and a single process below 3 cores; 1 = everything in one process",
     )
+    executors: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto",
+        description="with --workers N > 1: executor processes, each owning its models, "
+        "batchers and one CUDA context; 'auto' = one per GPU the models' instance groups name "
+        "and one for the CPU models; more than that share the CPU models",
+    )
     server_name: str = Field(
         default="infergate",
         description="name in GET /v2 (server metadata); 'triton' for a drop-in deployment",

@@ -32,6 +32,7 @@ from service.models.sources import make_source
 from service.models.version import ModelVersion
 from service.processes.ipc import Channel, listen
 from service.processes.requests import Desk
+from service.processes.routing import OwnedModels, Routes, socket_path
 from service.processes.tally import Counts, Tally
 from service.processes.wire import EntryInfo, Snapshot, VersionInfo
 from service.security.policy import Principal
@@ -45,13 +46,23 @@ SNAPSHOT_INTERVAL_S = 0.25
 
 
 class Executor:
-    def __init__(self, settings: Settings, runtime_dir: Path) -> None:
+    """Executor ``index`` of ``routes``: it owns the models the routes give it (all of them
+    when there is one executor). The first also keeps the rate-limit buckets and gathers the
+    workers' registries for ``/metrics``."""
+
+    def __init__(
+        self, settings: Settings, runtime_dir: Path, index: int = 0, routes: Routes | None = None
+    ) -> None:
         self.settings = settings
-        self.socket_path = str(runtime_dir / "executor.sock")
-        self.state_path = runtime_dir / "models.json"
-        self.repository = ModelRepository(
-            make_source(settings), settings, self._attach, self._detach
+        self.index = index
+        self.socket_path = socket_path(runtime_dir, index)
+        self.state_path = runtime_dir / (
+            "models.json" if index == 0 else f"models-{index + 1}.json"
         )
+        source = make_source(settings)
+        if routes is not None and routes.count > 1:
+            source = OwnedModels(source, routes, index)
+        self.repository = ModelRepository(source, settings, self._attach, self._detach)
         self.limiter = RateLimiter(settings.model_copy(update={"redis_url": None}))
         #: without Redis, the one result cache of every worker (see frontend.ExecutorStore)
         self.results: LocalStore | None = None
@@ -59,7 +70,7 @@ class Executor:
             self.results = LocalStore(settings.cache_local_bytes)
         self.channels: set[Channel] = set()
         self.desk = Desk(self.repository, settings, self.results)
-        self.tally = Tally(self.repository, self.channels)
+        self.tally = Tally(self.repository, self.channels, gathers_registries=index == 0)
         self._generation = time.monotonic_ns()
         self._sent: tuple[object, ...] = ()
         self._started = False
@@ -282,5 +293,7 @@ class Executor:
                 self._push()
 
 
-def run_executor(settings: Settings, runtime_dir: Path) -> None:
-    asyncio.run(Executor(settings, runtime_dir).run())
+def run_executor(
+    settings: Settings, runtime_dir: Path, index: int = 0, routes: Routes | None = None
+) -> None:
+    asyncio.run(Executor(settings, runtime_dir, index, routes).run())

@@ -147,6 +147,12 @@ class ExecutorLink:
         channel.flush()
 
     # -- answers in -----------------------------------------------------------------------
+    def _handle(self, kind: str, payload: object, channel: Channel, call_id: int) -> object:
+        if kind == "answers":
+            self.answered(cast(Answers, payload))
+            return None
+        return self.handler(kind, payload, channel, call_id)
+
     def answered(self, payload: Answers) -> None:
         """One ``answers`` frame: outputs and errors by request id, and queue figures."""
         answers, failures, figures = payload
@@ -174,7 +180,7 @@ class ExecutorLink:
     async def _keep_connected(self) -> None:
         while True:
             try:
-                channel = await connect(self.socket_path, self.handler, lambda _: None)
+                channel = await connect(self.socket_path, self._handle, lambda _: None)
             except OSError:
                 await asyncio.sleep(0.05)
                 continue

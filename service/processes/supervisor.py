@@ -27,6 +27,7 @@ from service.frontends.rest.connections import ConnectionTally
 from service.frontends.serve import WorkerPlace, bind_http_socket, install_loop, serve
 from service.observability import requestlog
 from service.observability.logs import configure_logging
+from service.processes.routing import Routes, socket_path
 from service.settings import Settings
 
 log = logging.getLogger("infergate")
@@ -38,12 +39,15 @@ _PR_SET_PDEATHSIG = 1
 
 
 class ProcessTree:
-    def __init__(self, settings: Settings, runtime_dir: Path, worker_count: int) -> None:
+    def __init__(
+        self, settings: Settings, runtime_dir: Path, worker_count: int, routes: Routes
+    ) -> None:
         self.settings = settings
         self.runtime_dir = runtime_dir
-        self.socket_path = str(runtime_dir / "executor.sock")
+        self.routes = routes
+        self.socket_paths = [socket_path(runtime_dir, index) for index in range(routes.count)]
         self.worker_count = worker_count
-        self.executor = 0
+        self.executors: dict[int, int] = {}  # pid -> executor index
         self.workers: dict[int, int] = {}  # pid -> worker number
         self.started: dict[int, float] = {}  # pid -> monotonic start time
         self.stopping = False
@@ -53,17 +57,22 @@ class ProcessTree:
     def run(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._request_stop)
-        self.executor = self._fork("executor", self._executor_main)
+        for index in range(self.routes.count):
+            self._start_executor(index)
         for number in range(1, self.worker_count + 1):
             self._start_worker(number)
+        executors = ", ".join(
+            f"executor pid {pid}" for pid, _ in sorted(self.executors.items(), key=lambda e: e[1])
+        )
         log.info(
-            "process layout: supervisor pid %d, executor pid %d (models, batchers, sessions), "
+            "process layout: supervisor pid %d, %s (models, batchers, sessions; %s), "
             "%d front-end workers pids %s (HTTP + gRPC on shared ports), IPC %s",
             self.pid,
-            self.executor,
+            executors,
+            self.routes.describe(),
             self.worker_count,
             sorted(self.workers),
-            self.socket_path,
+            " ".join(self.socket_paths),
         )
         while not self.stopping:
             self._reap()
@@ -99,16 +108,23 @@ class ProcessTree:
         pid = self._fork(f"worker-{number}", lambda: self._worker_main(place))
         self.workers[pid] = number
 
-    def _executor_main(self) -> None:
+    def _start_executor(self, index: int) -> int:
+        role = "executor" if self.routes.count == 1 else f"executor-{index + 1}"
+        pid = self._fork(role, lambda: self._executor_main(index))
+        self.executors[pid] = index
+        return pid
+
+    def _executor_main(self, index: int) -> None:
         from service.processes.executor import run_executor
 
-        run_executor(self.settings, self.runtime_dir)
+        run_executor(self.settings, self.runtime_dir, index, self.routes)
 
     def _worker_main(self, place: WorkerPlace) -> None:
         from service.processes.worker import FrontEndPlane
 
         async def main() -> None:
-            await serve(self.settings, FrontEndPlane(self.settings, self.socket_path), place)
+            plane = FrontEndPlane(self.settings, self.socket_paths, self.routes)
+            await serve(self.settings, plane, place)
 
         asyncio.run(main())
 
@@ -124,9 +140,11 @@ class ProcessTree:
             how = _describe(status)
             if time.monotonic() - self.started.pop(pid, 0.0) < RESTART_BACKOFF_S:
                 time.sleep(RESTART_BACKOFF_S)  # crashing at start: do not spin
-            if pid == self.executor:
-                self.executor = self._fork("executor", self._executor_main)
-                log.error("executor (pid %d) %s; restarted as pid %d", pid, how, self.executor)
+            if pid in self.executors:
+                index = self.executors.pop(pid)
+                successor = self._start_executor(index)
+                role = "executor" if self.routes.count == 1 else f"executor-{index + 1}"
+                log.error("%s (pid %d) %s; restarted as pid %d", role, pid, how, successor)
             elif pid in self.workers:
                 number = self.workers.pop(pid)
                 self._start_worker(number)
@@ -140,7 +158,7 @@ class ProcessTree:
         log.info("stopping: workers finish their in-flight requests, then the executor")
         grace = self.settings.exit_timeout_s + 5
         _terminate(list(self.workers), grace)
-        _terminate([self.executor], grace)
+        _terminate(list(self.executors), grace)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         log.info("stopped")
 
@@ -210,7 +228,7 @@ def supervise(settings: Settings) -> None:
     if settings.grpc_port:
         log.info("gRPC listening on %s:%d", settings.host, settings.grpc_port)
     try:
-        ProcessTree(shared, runtime_dir, workers).run()
+        ProcessTree(shared, runtime_dir, workers, Routes(shared)).run()
     finally:
         for reservation in reservations:
             reservation.close()

@@ -44,9 +44,13 @@ Counts = dict[tuple[str, str], tuple[RequestCounts | None, tuple[int, int, int, 
 class Tally:
     """Every worker's shipped counts added to the executor's own."""
 
-    def __init__(self, repository: RepositoryView, channels: set[Channel]) -> None:
+    def __init__(
+        self, repository: RepositoryView, channels: set[Channel], gathers_registries: bool = True
+    ) -> None:
         self.repository = repository
         self.channels = channels
+        #: one executor sums the workers' registries (the others would count them again)
+        self.gathers_registries = gathers_registries
         self.cache: dict[tuple[str, str], CacheStats] = {}
         self._registries: dict[Channel, bytes] = {}
         self._departed = b""
@@ -77,9 +81,11 @@ class Tally:
         return {"model_stats": [model.stats.to_dict(self._cache(model)) for model in models]}
 
     async def metrics(self) -> tuple[list[ModelCounters], bytes]:
-        replies = await self.fan_out("ship_metrics", None)
-        for channel, text in replies.items():
-            self._registries[channel] = text  # type: ignore[assignment]
+        if self.gathers_registries:
+            for channel, text in (await self.fan_out("ship_metrics", None)).items():
+                self._registries[channel] = text  # type: ignore[assignment]
+        else:  # the workers' counts of this executor's models, not their registries
+            await self.fan_out("ship", None)
         counters = [
             model.stats.counters(self._cache(model), model.scheduler.pending)
             for model in sorted(self.repository.select(), key=lambda m: (m.name, int(m.version)))

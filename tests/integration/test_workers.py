@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -23,8 +24,9 @@ import openai
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http.aio as aiohttpclient
+from tritonclient.grpc import model_config_pb2
 
-from tests.helpers import Gateway, start_gateway, wait_until
+from tests.helpers import Gateway, edit_config, start_gateway, wait_until
 from tests.integration.test_cache_gateway import delta, http_inputs, sentence, stats
 
 BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
@@ -293,3 +295,41 @@ def test_the_connection_cap_counts_the_connections_of_every_worker(example_repo:
         for sock in idle:
             sock.close()
         server.stop()
+
+
+def test_two_executors_route_by_place_and_a_killed_one_leaves_the_other_serving(
+    example_repo: Path, tmp_path: Path
+) -> None:
+    """``--executors auto`` over a CPU model and a model on GPU 0 (run on the CPU here): two
+    executors; SIGKILL of the GPU model's one (supervisor stopped: nothing restarted yet)
+    leaves the CPU model serving, and its successor brings the other back."""
+    shutil.copytree(example_repo / "digits_mlp", tmp_path / "digits_mlp")
+    shutil.copytree(example_repo / "digits_mlp", tmp_path / "digits_gpu")
+
+    def on_gpu(config: model_config_pb2.ModelConfig) -> None:
+        del config.instance_group[:]
+        config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_GPU, gpus=[0])
+        config.name = "digits_gpu"
+
+    edit_config(tmp_path / "digits_gpu" / "config.pbtxt", on_gpu)
+    server = start_gateway(tmp_path, "--workers", "2")
+    try:
+        layout = re.search(r"process layout: .*", server.log())
+        assert layout is not None and "executor-1: cpu, executor-2: gpu:0" in layout.group(0)
+        pids = [int(p) for p in re.findall(r"executor pid (\d+)", layout.group(0))]
+        assert len(pids) == 2 and all(_infer(server, m).status_code == 200 for m in MODELS)
+        with _supervisor_stopped(server):
+            os.kill(pids[1], signal.SIGKILL)
+            wait_until(lambda: _dead(pids[1]), what="the kill")
+            wait_until(
+                lambda: _infer(server, "digits_gpu").status_code == 503, what="503 for its model"
+            )
+            assert [_infer(server).status_code for _ in range(6)] == [200] * 6
+        restarted = re.compile(rf"executor-2 \(pid {pids[1]}\) was killed by SIGKILL; restarted")
+        wait_until(lambda: restarted.search(server.log()), what="executor-2's successor")
+        wait_until(lambda: _infer(server, "digits_gpu").status_code == 200, what="its model back")
+    finally:
+        server.stop()
+
+
+MODELS = ("digits_mlp", "digits_gpu")
