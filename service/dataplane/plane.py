@@ -205,7 +205,8 @@ class DataPlane:
         started = time.perf_counter_ns()
         record = requestlog.entered(model.name, model.version) if requestlog.ACTIVE else None
         try:
-            items = await self._tokens(model, request)
+            text = isinstance(request, ItemsRequest) or is_text_request(model, request)
+            items = await self._tokens(model, request) if text else None
             work = self._validate(model, request, items)
             await self._admit(model, work)
             outputs = await self._execute(model, work)
@@ -222,7 +223,8 @@ class DataPlane:
     async def _admit(self, model: ModelVersion, work: Work) -> None:
         """The key's allow-list and rate limits; a request of many parts is also admitted by
         the model's queue here, as a whole (one part alone is, when it is scheduled)."""
-        await self.admission.admit_infer(model.name, work.rows)
+        if self.admission.checks_infer:
+            await self.admission.admit_infer(model.name, work.rows)
         if work.stacked:
             first = work.parts[0][0]
             units = sum(model.scheduler.units(a.rows, a.tokens) for _, a in work.parts)
@@ -231,12 +233,10 @@ class DataPlane:
 
     async def _tokens(
         self, model: ModelVersion, request: InferRequest | ItemsRequest
-    ) -> list[TokenizedItem] | None:
-        """Text to tokens: the items of a text request (None for a request of tensors)."""
+    ) -> list[TokenizedItem]:
+        """Text to tokens: the items of a text request (v2's text input, or /v1's items)."""
         limit = self.settings.max_items_per_request
         if isinstance(request, InferRequest):
-            if not is_text_request(model, request):
-                return None
             texts = request_texts(model, request)
             check_limits(len(texts), 0, limit, 1 << 62)
             truncate = truncate_parameter(request.parameters.get("truncate"))

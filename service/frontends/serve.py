@@ -16,7 +16,7 @@ import uvicorn
 
 from service.dataplane.plane import DataPlane
 from service.frontends.rest.app import build_app
-from service.frontends.rest.connections import ConnectionTally, with_read_timeout
+from service.frontends.rest.connections import ConnectionTally, sweep, with_read_timeout
 from service.frontends.tls import uvicorn_options
 from service.host import tune_gc
 from service.settings import Settings
@@ -26,7 +26,19 @@ log = logging.getLogger("infergate")
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM after its own shutdown, which would kill the process before the
-    gRPC server and the batchers finish; here a signal only asks every part to stop."""
+    gRPC server and the batchers finish; here a signal only asks every part to stop. The sweep
+    of its connections' read and keep-alive deadlines runs while it serves."""
+
+    _sweeper: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self._sweeper = asyncio.create_task(sweep(self.server_state.connections))  # type: ignore[arg-type]
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -1,2 +1,3 @@
-"""The process model: one process, or with ``--workers N`` a supervisor, one executor owning the
-models and N front-end workers talking to it over a Unix socket."""
+"""The process model: one process, or with ``--workers N`` a supervisor, the executors owning the
+models (one by default, ``--executors``) and N front-end workers talking to them over Unix
+sockets."""

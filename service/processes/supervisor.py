@@ -1,10 +1,11 @@
-"""The process tree of ``--workers N``: this supervisor, one executor, N front-end workers.
+"""The process tree of ``--workers N``: this supervisor, the executors (``--executors``, one by
+default), N front-end workers.
 
 The supervisor reserves the ports (bound with SO_REUSEPORT but never listening, so port 0
 resolves once and every worker binds the same port while the kernel spreads connections among
-the listening ones), forks the executor and the workers, replaces a worker that dies within a
+the listening ones), forks the executors and the workers, replaces a worker that dies within a
 poll interval and restarts a dead executor. On SIGTERM it stops the workers first (each answers
-its in-flight requests, which still need the executor), then the executor (which finishes what
+its in-flight requests, which still need the executor), then the executors (which finish what
 is queued). Children die with the supervisor (PR_SET_PDEATHSIG), so none outlives a SIGKILL.
 """
 

@@ -25,6 +25,13 @@ class Admission:
         self.grpc = Authorizer(settings, self.keys, grpc_restricted, self.audit)
         self.limiter = RateLimiter(settings)
 
+    @property
+    def checks_infer(self) -> bool:
+        """Anything to check per inference: keys (allow-lists, limits of their own) or limits
+        without keys; an open gateway then pays no admission call per request."""
+        anonymous = self.http.anonymous
+        return self.keys is not None or bool(anonymous.requests_per_s or anonymous.rows_per_s)
+
     async def close(self) -> None:
         await self.limiter.close()
 

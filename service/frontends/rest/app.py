@@ -34,6 +34,7 @@ from service.errors import (
 from service.frontends.rest import openai, routes, schema
 from service.frontends.rest.auth import App, protect
 from service.frontends.rest.codec import decode_request, decompress, encode_response
+from service.frontends.rest.connections import FIRST_REQUEST
 from service.frontends.rest.observe import observed
 from service.host import release_memory
 from service.protocol.tensors import binary_work
@@ -115,7 +116,7 @@ class InferEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         count = self.connection_count
-        if scope["type"] == "http" and count is not None and count() > self.max_connections:
+        if FIRST_REQUEST in scope and count is not None and count() > self.max_connections:
             status, headers, body = error_response(self.over_capacity)
             await _send(send, status, [*headers, (b"connection", b"close")], body)
             return

@@ -88,25 +88,32 @@ class LeanCycle(RequestResponseCycle):
 
 
 class ReadTimeoutProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the read timeout; :func:`with_read_timeout` makes the
-    subclass that carries the settings."""
+    """uvicorn's httptools protocol with the read timeout, and deadlines in place of timers:
+    a request stores when it must be read by, an idle connection when it expires, and one
+    sweep per server (:func:`sweep`) acts on them, where uvicorn arms and cancels a timer per
+    request and per response. :func:`with_read_timeout` makes the subclass with the settings."""
 
     read_timeout_s: float = 10.0
     timeout_answer: bytes = b""
     on_connections: Callable[[], None] | None = None  # after a connection opens or closes
-    _read_timer: asyncio.TimerHandle | None = None
+    read_by = 0.0  # loop time the current request must be read by (0: nothing being read)
+    idle_until = 0.0  # loop time an idle keep-alive connection closes (0: not idle)
     _headers_read = False  # the current request's headers are in (its body may not be)
+    _requests = 0  # requests begun on this connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self.read_by = self.loop.time() + self.read_timeout_s
         self._published()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._headers_read = False
-        self._unset_keepalive_if_required()  # a request again: not idle (see below)
-        self._arm()
+        self.idle_until = 0.0
+        self.read_by = self.loop.time() + self.read_timeout_s
+        self._requests += 1
+        if self._requests == 1:  # the connection cap is judged on a connection's first request
+            self.scope[FIRST_REQUEST] = True  # type: ignore[literal-required]
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -118,19 +125,34 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._disarm()
+        self.read_by = 0.0
         cycle = self.cycle
         if cycle is not None and cycle.response_complete and not self.pipeline:
             # Answered before its body was read (a refusal): uvicorn discarded the rest of the
-            # body, and its keep-alive timer went with the first chunk of it. The connection is
-            # idle again: time it out like any idle one.
-            self._unset_keepalive_if_required()
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
+            # body. The connection is idle again: it expires like any idle one.
+            self.idle_until = self.loop.time() + self.timeout_keep_alive
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with a deadline where it arms a keep-alive timer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.idle_until = self.loop.time() + self.timeout_keep_alive
+
+    def _unset_keepalive_if_required(self) -> None:
+        """Data came: not idle (uvicorn calls this for every chunk it reads)."""
+        self.idle_until = 0.0
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self.read_by = self.idle_until = 0.0
         super().connection_lost(exc)
         self._published()
 
@@ -138,17 +160,17 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         if self.on_connections is not None:
             self.on_connections()
 
-    def _arm(self) -> None:
-        self._disarm()
-        self._read_timer = self.loop.call_later(self.read_timeout_s, self._timed_out)
-
-    def _disarm(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
+    def expire(self, now: float) -> None:
+        """What the sweep does at ``now``: time out a request not read in time, close a
+        connection idle past its keep-alive."""
+        if self.read_by and now >= self.read_by:
+            self.read_by = 0.0
+            self._timed_out()
+        elif self.idle_until and now >= self.idle_until:
+            self.idle_until = 0.0
+            self.timeout_keep_alive_handler()
 
     def _timed_out(self) -> None:
-        self._read_timer = None
         if self.transport.is_closing():
             return
         cycle = self.cycle  # the previous request's, while the next one's headers arrive
@@ -160,6 +182,23 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         # An app still reading the body sees a disconnect; a request answered before its body
         # came (and the body never did) gets no second answer.
         self.transport.close()
+
+
+#: the scope key a connection's first request carries (where the connection cap is judged)
+FIRST_REQUEST = "first_request"
+#: how often the deadlines of a server's connections are looked at
+SWEEP_S = 0.25
+
+
+async def sweep(connections: set[HttpToolsProtocol], interval_s: float = SWEEP_S) -> None:
+    """Act on the read and keep-alive deadlines of a server's connections, until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval_s)
+        now = loop.time()
+        for protocol in list(connections):
+            if isinstance(protocol, ReadTimeoutProtocol):
+                protocol.expire(now)
 
 
 def with_read_timeout(
