@@ -101,6 +101,7 @@ class Served:
     grpc: str
     roots: dict[str, int]  # label -> root pid of a process tree
     stats: dict[str, str]  # label -> host:port serving /v2/models/M/stats; the first counts
+    parts: dict[str, list[int]] = field(default_factory=dict)  # role -> its processes' pids
 
 
 # --- process trees and counters ------------------------------------------------------------------
@@ -127,12 +128,41 @@ def tree_cpu_s(pid: int) -> float:
     return ticks / CLOCK_TICK
 
 
+def pids_cpu_s(pids: list[int]) -> float:
+    """CPU seconds of these processes alone (their threads included, not their children)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime stime
+    return ticks / CLOCK_TICK
+
+
 def counters(host: str, model: str) -> dict[str, int]:
-    """Success, cache-hit, inference and execution counts of ``model`` (all versions)."""
-    response = httpx.get(f"http://{host}/v2/models/{model}/stats", timeout=30)
-    if response.status_code != 200:
-        raise ValueError(f"GET /v2/models/{model}/stats: {response.status_code} {response.text}")
-    stats = response.json()
+    """Success, cache-hit, inference and execution counts of ``model`` (all versions), over
+    REST, or over gRPC for a ``grpc:host:port`` (the gRPC floor has no REST)."""
+    if host.startswith("grpc:"):
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(host.removeprefix("grpc:"))
+        try:
+            stats = client.get_inference_statistics(model, as_json=True)
+        finally:
+            client.close()
+        for entry in stats["model_stats"]:  # proto JSON: int64 as strings, zeros left out
+            entry.setdefault("inference_count", 0)
+            entry.setdefault("execution_count", 0)
+            for key in ("success", "cache_hit"):
+                entry["inference_stats"].setdefault(key, {}).setdefault("count", 0)
+    else:
+        response = httpx.get(f"http://{host}/v2/models/{model}/stats", timeout=30)
+        if response.status_code != 200:
+            raise ValueError(
+                f"GET /v2/models/{model}/stats: {response.status_code} {response.text}"
+            )
+        stats = response.json()
     total = {"success": 0, "cache_hit": 0, "inference_count": 0, "execution_count": 0}
     for entry in stats["model_stats"]:
         total["success"] += int(entry["inference_stats"]["success"]["count"])
@@ -187,11 +217,14 @@ def measure(bench: Bench, served: Served, model: str, protocol: str) -> dict[str
     """One load, with the CPU of each process tree and the counters' deltas over its window."""
     print(f"  {served.name}: {model} over {protocol} ...", flush=True)
     cpu = {label: tree_cpu_s(pid) for label, pid in served.roots.items()}
+    cpu.update({role: pids_cpu_s(pids) for role, pids in served.parts.items()})
     before = {label: counters(host, model) for label, host in served.stats.items()}
     started = time.perf_counter()
     result = drive(bench, served, model, protocol)
     elapsed = time.perf_counter() - started
-    cpu = {label: tree_cpu_s(pid) - cpu[label] for label, pid in served.roots.items()}
+    after = {label: tree_cpu_s(pid) for label, pid in served.roots.items()}
+    after.update({role: pids_cpu_s(pids) for role, pids in served.parts.items()})
+    cpu = {label: seconds - cpu[label] for label, seconds in after.items()}
     delta = {
         label: {k: v - before[label][k] for k, v in counters(host, model).items()}
         for label, host in served.stats.items()
@@ -309,7 +342,7 @@ def gateway_case(
     roots, stats = {"gateway": gateway.process.pid}, {"gateway": gateway.http_url}
     if triton is not None and triton.process is not None:
         roots["triton"], stats["triton"] = triton.process.pid, triton.http_url
-    served = Served(name, gateway.http_url, gateway.grpc_url, roots, stats)
+    served = Served(name, gateway.http_url, gateway.grpc_url, roots, stats, roles(gateway.log()))
     runs: dict[str, Any] = {}
     processes, warm_up_errors = 0, 0
     try:
@@ -323,6 +356,54 @@ def gateway_case(
     report.update(workers=workers, args=extra, env=env, processes=processes, exit_code=exit_code)
     report.update(warm_up_errors=warm_up_errors, failed_starts=failures)
     return {**report, "runs": runs}
+
+
+def roles(log: str) -> dict[str, list[int]]:
+    """The executors' and the workers' pids, from the start log's process layout line (none
+    for one process: its CPU is the gateway's)."""
+    layout = re.search(r"process layout: supervisor pid \d+, (.*)", log)
+    if layout is None:
+        return {}
+    workers = re.search(r"front-end workers pids \[([\d, ]+)\]", layout.group(1))
+    return {
+        "executor": [int(pid) for pid in re.findall(r"executor pid (\d+)", layout.group(1))],
+        "worker": [int(pid) for pid in workers.group(1).split(",")] if workers else [],
+    }
+
+
+@contextmanager
+def grpc_floor_server() -> Iterator[subprocess.Popen[bytes]]:
+    """``bench/grpc_floor.py`` on a free port, ready when its port answers ServerLive."""
+    import tritonclient.grpc as grpcclient
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "grpc_floor.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+    )
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        for _ in range(300):
+            try:
+                if client.is_server_live():
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                time.sleep(0.1)
+        process.port = port  # type: ignore[attr-defined]
+        yield process
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(30)
+
+
+def grpc_floor(bench: Bench) -> dict[str, Any]:
+    """The constant-answer grpc.aio servicer under the same gRPC load as the gateway's."""
+    print("grpc floor: a constant-answer grpc.aio servicer (bench/grpc_floor.py)", flush=True)
+    with grpc_floor_server() as floor:
+        host = f"127.0.0.1:{floor.port}"  # type: ignore[attr-defined]
+        served = Served("grpc-floor", "", host, {"gateway": floor.pid}, {"gateway": f"grpc:{host}"})
+        return {"runs": {f"{DIGITS}/grpc": measure_safely(bench, served, DIGITS, "grpc")}}
 
 
 def measure_safely(bench: Bench, served: Served, model: str, protocol: str) -> dict[str, Any]:
@@ -398,6 +479,7 @@ def run_all(bench: Bench) -> dict[str, Any]:
     loads = case_loads(bench.quick)
     cases: dict[str, Any] = {}
     ceiling = ort_ceiling(bench)
+    cases["grpc-floor"] = grpc_floor(bench)
     for n in bench.workers:
         cases[f"ort/w{n}"] = gateway_case(bench, f"ort-w{n}", n, [], CACHE_OFF, loads["ort"])
     for n in bench.workers:
@@ -431,6 +513,22 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
     """The comparisons the run is for, each from two measurements of this same run."""
     cases, ns, out = report["cases"], report["workers"], {}
     cpu = "gateway_cpu_us_per_request"
+    out["gRPC CPU/req: gateway N=1 / grpc.aio floor"] = ratio(
+        rate(cases, "ort/w1", "digits_mlp/grpc", cpu),
+        rate(cases, "grpc-floor", "digits_mlp/grpc", cpu),
+    )
+    for load in ("digits_mlp/http", "digits_mlp/grpc", "digits_mlp/rest_json"):
+        one = rate(cases, "ort/w1", load, cpu)
+        for n in ns[1:]:
+            worker = rate(cases, f"ort/w{n}", load, "worker_cpu_us_per_request")
+            if worker is not None and one is not None:
+                out[f"ort {load}: worker CPU/req N={n} - one process's (µs)"] = round(
+                    worker - one, 1
+                )
+            out[f"ort {load}: mean batch N={n} / N=1"] = ratio(
+                rate(cases, f"ort/w{n}", load, "gateway_mean_batch"),
+                rate(cases, "ort/w1", load, "gateway_mean_batch"),
+            )
     for family in ("ort", "cache", "via-triton", "via-triton-nobatch"):
         for load in cases.get(f"{family}/w1", {}).get("runs", {}):
             for n in ns[1:]:
@@ -467,6 +565,8 @@ COLUMNS = {  # header -> key in a run; one value per N in a cell
     "req/s": "req_per_s",
     "p99 ms": "p99_ms",
     "gateway CPU µs/req": "gateway_cpu_us_per_request",
+    "executor µs/req": "executor_cpu_us_per_request",
+    "worker µs/req": "worker_cpu_us_per_request",
     "gateway batch": "gateway_mean_batch",
     "Triton CPU µs/req": "triton_cpu_us_per_request",
     "Triton batch": "triton_mean_batch",
@@ -488,12 +588,13 @@ def cell(runs: list[dict[str, Any]], key: str) -> str:
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
     """One row per case family and load; each cell holds the N=1 / N=2 (/ N=4) values."""
     cases, rows = report["cases"], []
-    for family in ("ort", "cache", "triton", "via-triton", "via-triton-nobatch"):
-        names = [family] if family == "triton" else [f"{family}/w{n}" for n in report["workers"]]
+    for family in ("ort", "cache", "triton", "grpc-floor", "via-triton", "via-triton-nobatch"):
+        alone = family in ("triton", "grpc-floor")
+        names = [family] if alone else [f"{family}/w{n}" for n in report["workers"]]
         present = [name for name in names if name in cases]
         if not present:
             continue
-        counts = "-" if family == "triton" else "/".join(name.split("/w")[1] for name in present)
+        counts = "-" if alone else "/".join(name.split("/w")[1] for name in present)
         for load in dict.fromkeys(load for name in present for load in cases[name]["runs"]):
             runs = [cases[name]["runs"].get(load, {}) for name in present]
             speedup = (

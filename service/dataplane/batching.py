@@ -19,7 +19,7 @@ import time
 from collections import deque
 
 from service.dataplane.batches import Outputs, Pending, Sink, merge, split
-from service.dataplane.shedding import Figures, QueuePolicy, Shedder
+from service.dataplane.shedding import Figures, QueuePolicy, Shedder, priority_levels
 from service.errors import BadRequest, InferenceError, Internal, Overloaded, Timeout, Unavailable
 from service.models.version import ModelVersion, Submission
 from service.observability import requestlog
@@ -49,15 +49,8 @@ class DynamicBatcher:
         self.target_rows = max(preferred) if preferred else self.max_rows
         self.delay_ns = config.max_queue_delay_microseconds * 1000 if batching else 0
         self.max_tokens = model.max_batch_tokens if batching else 0
-        levels = max(config.priority_levels, 1)
-        self.default_level = config.default_priority_level or levels
-        self.policies = [
-            QueuePolicy.from_config(
-                config.priority_queue_policy.get(level, config.default_queue_policy), settings
-            )
-            for level in range(1, levels + 1)
-        ]
-        self.queues: list[deque[Pending]] = [deque() for _ in range(levels)]
+        self.default_level, self.policies = priority_levels(config, settings)
+        self.queues: list[deque[Pending]] = [deque() for _ in self.policies]
         self.queued = 0
         self.queued_rows = 0
         self.queued_tokens = 0

@@ -129,6 +129,20 @@ class QueuePolicy:
         return asked_us if (asked_us and self.allow_override) else self.timeout_us
 
 
+def priority_levels(
+    config: model_config_pb2.ModelDynamicBatching, settings: Settings
+) -> tuple[int, list[QueuePolicy]]:
+    """A ``dynamic_batching`` config's default priority level and the policy of each level."""
+    levels = max(config.priority_levels, 1)
+    policies = [
+        QueuePolicy.from_config(
+            config.priority_queue_policy.get(level, config.default_queue_policy), settings
+        )
+        for level in range(1, levels + 1)
+    ]
+    return config.default_priority_level or levels, policies
+
+
 def budget_us(policy: QueuePolicy, timeout_us: int, max_wait_us: int) -> int:
     """A request's budget: its own timeout, else its queue policy's, else the settings'
     ``max_queue_wait_ms`` (0 = never shed)."""

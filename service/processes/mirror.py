@@ -14,7 +14,7 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from service.backends.base import Backend
 from service.dataplane.batches import Outputs
-from service.dataplane.shedding import QueuePolicy, budget_us, refusal_from_figures
+from service.dataplane.shedding import budget_us, priority_levels, refusal_from_figures
 from service.errors import InferenceError, Internal
 from service.messages import Tensors
 from service.models.repository import IndexRow, ModelEntry, RepositoryView
@@ -39,14 +39,7 @@ class RemoteScheduler:
         self.version = model.version
         self.token_units = bool(model.pad_inputs)
         config = model.config.dynamic_batching
-        levels = max(config.priority_levels, 1)
-        self.default_level = config.default_priority_level or levels
-        self.policies = [
-            QueuePolicy.from_config(
-                config.priority_queue_policy.get(level, config.default_queue_policy), settings
-            )
-            for level in range(1, levels + 1)
-        ]
+        self.default_level, self.policies = priority_levels(config, settings)
         self.max_wait_us = int(settings.max_queue_wait_ms * 1000)
 
     def submit(self, submission: Submission) -> asyncio.Future[Outputs]:

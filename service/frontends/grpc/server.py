@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -37,6 +37,17 @@ log = logging.getLogger(__name__)
 # Request parameter with which tritonclient's streaming API asks for a final-response flag.
 _EMPTY_FINAL = "triton_enable_empty_final_response"
 _FINAL = "triton_final_response"
+
+
+def _unsupported(feature: str) -> Callable[[Any, Any, Any], Awaitable[None]]:
+    """A servicer method for a KServe/Triton extension this server does not offer."""
+
+    async def method(self: Any, request: Any, context: Any) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{feature} is not supported by this server"
+        )
+
+    return method
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -184,29 +195,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return pb.ModelStreamInferResponse(error_message=error, infer_response=echo)
 
     # --- features the gateway does not offer ----------------------------------------------
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "system shared memory")
-
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "system shared memory")
-
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "system shared memory")
-
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "CUDA shared memory")
-
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "CUDA shared memory")
-
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "CUDA shared memory")
-
-    async def TraceSetting(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "trace settings")
-
-    async def LogSettings(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "log settings")
+    SystemSharedMemoryStatus = _unsupported("system shared memory")
+    SystemSharedMemoryRegister = _unsupported("system shared memory")
+    SystemSharedMemoryUnregister = _unsupported("system shared memory")
+    CudaSharedMemoryStatus = _unsupported("CUDA shared memory")
+    CudaSharedMemoryRegister = _unsupported("CUDA shared memory")
+    CudaSharedMemoryUnregister = _unsupported("CUDA shared memory")
+    TraceSetting = _unsupported("trace settings")
+    LogSettings = _unsupported("log settings")
 
 
 def _refuse_before_decoding(
@@ -249,10 +245,6 @@ async def _guard(context: Any, function: Callable[..., Any], *args: Any) -> Any:
             trailing = (("retry-after", str(error.retry_after_s)),)
         await context.abort(error.grpc_code, error.message, trailing_metadata=trailing)
     raise AssertionError("unreachable: context.abort raises")
-
-
-async def _unimplemented(context: Any, feature: str) -> None:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{feature} is not supported by this server")
 
 
 def server_options(settings: Settings, reuse_port: bool = False) -> list[tuple[str, int]]:
