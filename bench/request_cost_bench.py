@@ -42,10 +42,9 @@ else:  # older checkouts: flat modules
     from service import rest_codec
     from service.dataplane import DataPlane
 from service.settings import Settings
-try:  # tracing and the request log, set up from INFERGATE_* as the gateway does
+requestlog = None  # tracing and the request log, set up from INFERGATE_* as the gateway does
+if os.path.isfile(os.path.join(sys.argv[1], "service", "observability", "requestlog.py")):
     from service.observability import requestlog
-except ImportError:
-    requestlog = None
 
 BODY = json.dumps(
     {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}

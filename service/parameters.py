@@ -154,8 +154,9 @@ WARMUP_VARIABLE_DIM = Key(
     "infergate.warmup_variable_dim",
     "integer",
     "1",
-    "Size given to variable (-1) dimensions in the default warmup batch (unset: 1, and 32 "
-    "tokens for the padded token inputs of a text model, capped by its max_sequence_length).",
+    "Size given to variable (-1) dimensions in the default warmup batch (unset: 1, and 128 "
+    "tokens for the padded token inputs of a text model, capped by its max_sequence_length, "
+    "in as many rows as hold max_batch_size rows of 32 tokens).",
 )
 GPU_MEM_LIMIT_BYTES = Key(
     "infergate.gpu_mem_limit_bytes",

@@ -67,22 +67,17 @@ class TritonBackend(Backend):
         timeout_s = self.pool.timeout_s
         headers = tracing.outgoing_headers()  # the batch's compute span, when it is traced
 
+        # the pool bounds every call; gRPC also sends it to the server as the deadline
+        timeout = {"client_timeout": timeout_s} if self._grpc else {}
+
         async def infer(replica: Replica) -> Any:
-            if self._grpc:
-                return await replica.client.infer(
-                    self.model,
-                    infer_inputs,
-                    model_version=self.version,
-                    outputs=requested,
-                    client_timeout=timeout_s,
-                    headers=headers,
-                )
             return await replica.client.infer(
                 self.model,
                 infer_inputs,
                 model_version=self.version,
                 outputs=requested,
                 headers=headers,
+                **timeout,
             )
 
         result = await self.pool.call(self.model, self.version, infer)

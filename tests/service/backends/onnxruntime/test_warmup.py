@@ -54,9 +54,11 @@ def test_a_token_model_warms_up_on_realistic_sequences_counted_in_tokens(tmp_pat
     pad = 'parameters { key: "infergate.pad_inputs" value: { string_value: "input_ids" } }'
     padded = EMBED + pad
     (sample,) = warmup_samples(config(padded), tmp_path)
-    assert sample.inputs["input_ids"].shape == (16, TOKEN_WARMUP_LENGTH)
-    assert sample.inputs["mask"].shape == (16, 1), "only padded inputs take the token length"
-    assert sample.units == 16 * TOKEN_WARMUP_LENGTH
+    rows = 16 * 32 // TOKEN_WARMUP_LENGTH  # the tokens of 16 rows of 32, in rows of 128
+    assert TOKEN_WARMUP_LENGTH == 128 and rows == 4
+    assert sample.inputs["input_ids"].shape == (rows, TOKEN_WARMUP_LENGTH)
+    assert sample.inputs["mask"].shape == (rows, 1), "only padded inputs take the token length"
+    assert sample.units == 16 * 32
     short = padded + (
         'parameters { key: "infergate.max_sequence_length" value: { string_value: "8" } }'
     )
