@@ -2,7 +2,8 @@
 
 Reports the providers ONNX Runtime offers and the gateway uses, raw ORT CUDA EP throughput vs
 the gateway for MiniLM fp16 (32 and 128 tokens) and the digits MLP, plain vs IO-binding runs,
-whether the TensorRT EP can start (its libraries are absent on those machines), and GPU memory.
+whether the TensorRT EP can start (its libraries are absent on those machines), GPU memory, and
+the workers curve (``--workers`` 1, 4, 8, 15: requests/s of both models as front ends grow).
 Needs the payload's ``site_gpu``/``site`` first on PYTHONPATH (the shell script sets it).
 """
 
@@ -97,6 +98,26 @@ def gateway(repo: Path) -> dict[str, object]:
     return serve_and_probe(Path(sys.executable), repo, {}, loads)
 
 
+#: --workers of the curve (16 cores: 15 front ends and the executors at the top)
+CURVE = (1, 4, 8, 15)
+
+
+def workers_curve(repo: Path, counts: tuple[int, ...] = CURVE, seconds: float = 5.0) -> dict:
+    """Throughput as front-end workers grow, batch-1 requests from 4 client processes: digits
+    MLP on the CPU, MiniLM fp16 on the CUDA EP (raw ORT at batch 32 and 128 is ``raw_ort``'s).
+    Until the GPU or an executor is full, rows/s should grow with N; the log says which."""
+    loads = {
+        "digits_mlp": ("digits_mlp", digits_inputs(1), seconds, 64, 4),
+        "minilm_fp16 tokens=128": ("minilm_fp16", minilm_inputs(1, 128), seconds, 64, 4),
+        "minilm_fp16 tokens=32": ("minilm_fp16", minilm_inputs(1, 32), seconds, 64, 4),
+    }
+    curve: dict[str, object] = {}
+    for workers in counts:
+        env = {"INFERGATE_WORKERS": str(workers)}
+        curve[f"workers={workers}"] = serve_and_probe(Path(sys.executable), repo, env, loads)
+    return curve
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, required=True)
@@ -110,7 +131,13 @@ def main() -> int:
         "available_providers": ort.get_available_providers(),
         "gpus_before": [asdict(reading) for reading in read_gpus()],
     }
-    for section, run in (("raw_ort", raw_ort), ("tensorrt", tensorrt), ("gateway", gateway)):
+    sections = (
+        ("raw_ort", raw_ort),
+        ("tensorrt", tensorrt),
+        ("gateway", gateway),
+        ("workers_curve", workers_curve),
+    )
+    for section, run in sections:
         started = time.perf_counter()
         try:
             report[section] = run(args.repo)

@@ -198,7 +198,7 @@ def venv312(stand_in: list[str]) -> Path:
 def dry_run() -> dict[str, object]:
     """Start ``infergate serve`` from the 3.12 venv + payload site; one inference per model."""
     sys.path.insert(0, str(ROOT))
-    from bench.gpu_serve import minilm_inputs, serve_and_probe
+    from bench.gpu_serve import digits_inputs, minilm_inputs, serve_and_probe
 
     site = WORK / "site"
     install_target(plan()["site"], site)  # type: ignore[arg-type]
@@ -206,7 +206,12 @@ def dry_run() -> dict[str, object]:
     python = venv312([ORT_CPU_STAND_IN])
     env = {"PYTHONPATH": f"{site}:{ROOT}", "PYTHONNOUSERSITE": "1"}
     loads = {"minilm_fp16 32 tokens": ("minilm_fp16", minilm_inputs(1, 32), 2.0, 8)}
-    return serve_and_probe(python, WORK / "model_repo", env, loads)
+    result = serve_and_probe(python, WORK / "model_repo", env, loads)
+    # the workers curve's path (supervisor, executors, workers; client processes), briefly
+    curve_loads = {"digits_mlp": ("digits_mlp", digits_inputs(1), 0.5, 4, 2)}
+    env_workers = {**env, "INFERGATE_WORKERS": "2"}
+    result["workers_curve"] = serve_and_probe(python, WORK / "model_repo", env_workers, curve_loads)
+    return result
 
 
 def pack() -> list[Path]:

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,42 @@ async def grpc_load(
     }
 
 
+def _load_in_process(args: tuple[str, str, dict[str, np.ndarray], float, int]) -> dict[str, float]:
+    return asyncio.run(grpc_load(*args))
+
+
+def spread_load(
+    url: str,
+    model: str,
+    inputs: dict[str, np.ndarray],
+    seconds: float,
+    concurrency: int,
+    processes: int = 1,
+) -> dict[str, float]:
+    """``grpc_load`` from ``processes`` client processes at once (one Python client tops out
+    long before a 16-core gateway does), ``concurrency`` clients each; rows/s summed."""
+    if processes <= 1:
+        return asyncio.run(grpc_load(url, model, inputs, seconds, concurrency))
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    job = (url, model, inputs, seconds, concurrency)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        parts = list(pool.map(_load_in_process, [job] * processes))
+    requests = sum(int(part["requests"]) for part in parts)
+    return {
+        "rows_per_s": round(sum(part["rows_per_s"] for part in parts), 1),
+        "mean_ms": round(sum(part["mean_ms"] * part["requests"] for part in parts) / requests, 3),
+        "requests": requests,
+        "concurrency": concurrency * processes,
+        "client_processes": processes,
+    }
+
+
 Started = tuple[subprocess.Popen, int, int, Path]
+#: (model, inputs, seconds, clients), or with a fifth item the client processes
+Load = tuple[Any, ...]
 
 
 def _start(python: Path, repo: Path, env: dict[str, str]) -> Started:
@@ -102,15 +138,18 @@ def _wait_ready(process: subprocess.Popen, base: str, log: Path, timeout: float)
     import httpx
 
     deadline = time.monotonic() + timeout
+    ready = 0  # with --workers N each fresh connection may reach another worker: N*4 in a row
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited with {process.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                return
+            ok = httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+            ok = False
+        ready = ready + 1 if ok else 0
+        if ready >= 64:
+            return
+        time.sleep(0.01 if ok else 0.2)
     raise RuntimeError(f"gateway not ready after {timeout}s:\n{log.read_text()[-4000:]}")
 
 
@@ -132,10 +171,11 @@ def serve_and_probe(
     python: Path,
     repo: Path,
     env: dict[str, str],
-    loads: dict[str, tuple[str, dict[str, np.ndarray], float, int]],
+    loads: dict[str, Load],
     ready_timeout: float = 600,
 ) -> dict[str, object]:
-    """Serve ``repo``, one inference per model, then each named load; never leaves it running."""
+    """Serve ``repo``, one inference per model, then each named load ((model, inputs, seconds,
+    clients[, client processes])); never leaves it running."""
     process, http_port, grpc_port, log = _start(python, repo, env)
     base = f"http://127.0.0.1:{http_port}"
     result: dict[str, object] = {"ok": False}
@@ -149,10 +189,7 @@ def serve_and_probe(
         for model, inputs in smoke.items():
             asyncio.run(grpc_load(url, model, inputs, 0.0, 1))  # returns after one request
         result["runtime"] = _probe(base, list(smoke))
-        result["load"] = {
-            label: asyncio.run(grpc_load(url, model, inputs, seconds, concurrency))
-            for label, (model, inputs, seconds, concurrency) in loads.items()
-        }
+        result["load"] = {label: spread_load(url, *load) for label, load in loads.items()}
         result["ok"] = True
     finally:
         if process.poll() is None:

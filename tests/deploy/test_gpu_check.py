@@ -122,3 +122,6 @@ def test_dry_run_serves_from_a_python312_venv_holding_only_the_machines_packages
     assert instance["requested"][0] == "CUDAExecutionProvider"
     assert instance["providers"] == ["CPUExecutionProvider"]  # the CPU stand-in: loud fallback
     assert any("FALLBACK model digits_mlp" in line for line in report["log"])
+    curve = report["workers_curve"]  # the curve's path: --workers 2, two client processes
+    assert curve["ok"] and curve["load"]["digits_mlp"]["client_processes"] == 2
+    assert curve["load"]["digits_mlp"]["requests"] >= 2
