@@ -208,9 +208,18 @@ class DynamicBatcher:
                 self.running_requests += len(batch)
                 self.running_rows += sum(pending.rows for pending in batch)
                 self.running_tokens += sum(pending.rows * pending.tokens for pending in batch)
+                if self._runs_inline():  # on this task: no task, no loop pass of its own
+                    await self._execute(batch)
+                    continue
                 task = asyncio.get_running_loop().create_task(self._execute(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
+
+    def _runs_inline(self) -> bool:
+        """The next batch runs on the event loop's thread: its backend can, its batches take
+        under :data:`INLINE_BELOW_S`, and it is not traced (a traced one is watched)."""
+        backend = self.model.backend
+        return not requestlog.ACTIVE and backend.runs_inline and self.batch_s < INLINE_BELOW_S
 
     async def _wait_for_rows(self) -> None:
         """The backend is busy: let the batch fill up to the target or the oldest's deadline."""
@@ -358,7 +367,7 @@ class DynamicBatcher:
         inputs = merge(batch, self.model.pad_inputs, self.model.pad_values)
         merged = time.perf_counter_ns()
         backend = model.backend
-        if watch is None and backend.runs_inline and self.batch_s < INLINE_BELOW_S:
+        if watch is None and self._runs_inline():
             outputs = backend.run(inputs, model.output_names)
         else:
             execution = backend.execute(inputs, model.output_names)

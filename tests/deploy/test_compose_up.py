@@ -162,7 +162,7 @@ def test_infer_over_http_and_grpc_with_the_key(stack: Stack) -> None:
     np.testing.assert_allclose(by_grpc.as_numpy("probabilities"), expected, rtol=1e-5, atol=1e-6)
 
 
-CACHED = "/v2/models/minilm_embed/versions/2"  # its config.pbtxt enables response_cache
+CACHED = "/v2/models/minilm_embed/versions/1"  # its config.pbtxt enables response_cache
 
 
 def _cache_stats(stack: Stack) -> tuple[int, int]:
