@@ -26,7 +26,7 @@ def settings_table() -> str:
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
         shown = "" if default in (None, [], "") else f"`{_text(default)}`"
-        flags = ", ".join(f"`{one}`" for one in (flag(name), *EXTRA_FLAGS.get(name, ())))
+        flags = ", ".join(f"`{one}`" for one in (*EXTRA_FLAGS.get(name, ()), flag(name)))
         meaning = (field.description or "").replace("|", "\\|")
         row = f"| {flags} | `{ENV_PREFIX}{name.upper()}` | {shown} | {meaning} |"
         panels.setdefault(titles.get(name, "Options"), []).append(row)

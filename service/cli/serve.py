@@ -92,8 +92,8 @@ def _option(name: str, field: FieldInfo, panel: str) -> inspect.Parameter:
         help_text += " (repeatable, or comma-separated)"
     option = typer.Option(
         list(default) if isinstance(default, list) else default,
+        *EXTRA_FLAGS.get(name, ()),  # first, so a narrow --help still shows the promised name
         *decls,
-        *EXTRA_FLAGS.get(name, ()),
         help=help_text,
         envvar=f"{ENV_PREFIX}{name.upper()}",
         show_envvar=True,
