@@ -367,7 +367,7 @@ class DynamicBatcher:
         inputs = merge(batch, self.model.pad_inputs, self.model.pad_values)
         merged = time.perf_counter_ns()
         backend = model.backend
-        if watch is None and self._runs_inline():
+        if self._runs_inline():  # never traced (watched) then
             outputs = backend.run(inputs, model.output_names)
         else:
             execution = backend.execute(inputs, model.output_names)

@@ -215,25 +215,6 @@ def registry_text() -> bytes:
     return generate_latest()
 
 
-def merge_counters(parts: Iterable[Iterable[ModelCounters]]) -> list[ModelCounters]:
-    """Several processes' counters summed per (model, version)."""
-    merged: dict[tuple[str, str], ModelCounters] = {}
-    for part in parts:
-        for entry in part:
-            key = (entry.model, entry.version)
-            known = merged.get(key)
-            if known is None:
-                merged[key] = entry
-                continue
-            sums = {
-                name: getattr(known, name) + getattr(entry, name)
-                for name in ModelCounters.__dataclass_fields__
-                if name not in ("model", "version")
-            }
-            merged[key] = ModelCounters(model=entry.model, version=entry.version, **sums)
-    return [merged[key] for key in sorted(merged)]
-
-
 #: per-process gauges that do not add up across processes: the largest is shown
 _NOT_SUMMED = frozenset(
     {

@@ -6,7 +6,6 @@ Every recording also feeds the Prometheus children, so the two views never disag
 from __future__ import annotations
 
 import time
-from typing import cast
 
 from service.messages import JsonObject
 from service.observability.metrics import ModelCounters, ModelMetrics
@@ -162,40 +161,3 @@ class ModelStats:
             ],
             "memory_usage": [],
         }
-
-
-def merge_statistics(parts: list[JsonObject]) -> JsonObject:
-    """Several processes' ``model_stats`` as one: counts and durations summed per version (each
-    process counts what it did: front ends the requests and cache, the executor the batches)."""
-    merged: dict[tuple[str, str], JsonObject] = {}
-    for part in parts:
-        for entry in part["model_stats"]:  # type: ignore[attr-defined]
-            key = (entry["name"], entry["version"])
-            merged[key] = _sum(merged[key], entry) if key in merged else entry
-    ordered = sorted(merged.items(), key=lambda item: (item[0][0], int(item[0][1])))
-    return {"model_stats": [entry for _, entry in ordered]}
-
-
-def _sum(left: JsonObject, right: JsonObject) -> JsonObject:
-    total: JsonObject = {}
-    for key, value in left.items():
-        other = right.get(key)
-        if key == "last_inference":
-            total[key] = max(cast(int, value), cast(int, other))
-        elif key == "batch_stats":
-            total[key] = _sum_batches(value, other)  # type: ignore[arg-type]
-        elif isinstance(value, dict):
-            total[key] = _sum(value, other)  # type: ignore[arg-type]
-        elif isinstance(value, int) and not isinstance(value, bool):
-            total[key] = value + other  # type: ignore[operator]
-        else:
-            total[key] = value
-    return total
-
-
-def _sum_batches(left: list[JsonObject], right: list[JsonObject]) -> list[JsonObject]:
-    sizes: dict[object, JsonObject] = {entry["batch_size"]: entry for entry in left}
-    for entry in right:
-        size = entry["batch_size"]
-        sizes[size] = _sum(sizes[size], entry) if size in sizes else entry
-    return [sizes[size] for size in sorted(sizes)]  # type: ignore[type-var]
